@@ -1,0 +1,1 @@
+"""voxmesh tts: streams clause text in, PCM chunks with text spans out."""
