@@ -1,0 +1,1 @@
+"""The media edge: the only place that knows what the user actually heard."""

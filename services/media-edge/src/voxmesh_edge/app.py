@@ -1,0 +1,190 @@
+"""HTTP side of the edge: WHIP signaling (RFC 9725), the demo page, health,
+drain and /metrics.
+
+POST /v1/sessions      Content-Type: application/sdp, body = offer
+                       -> 201, Location: /v1/sessions/{id}, body = answer
+DELETE /v1/sessions/{id}  -> 200; 404 for an unknown session
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import pathlib
+import signal
+import uuid
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from voxmesh.core.logging import session_id_var
+from voxmesh.core.metrics import metric
+from voxmesh.core.settings import from_env
+from voxmesh.core.webrtc import configure_ice_hosts
+from voxmesh_edge.session import EdgeSession, SessionError
+from voxmesh_edge.settings import EdgeSettings
+from voxmesh_edge.upstreams import Upstreams
+
+log = logging.getLogger(__name__)
+STATIC = pathlib.Path(__file__).parent / "static"
+
+
+class Edge:
+    def __init__(self, settings: EdgeSettings) -> None:
+        self.settings = settings
+        self.sessions: dict[str, EdgeSession] = {}
+        self.draining = False
+        self.upstreams: Upstreams | None = None
+
+    # ---- helpers ---------------------------------------------------------
+
+    def _error(self, status: int, reason: str, route: str) -> web.Response:
+        metric("voxmesh_http_requests_total").labels(route=route, code=str(status)).inc()
+        if status >= 500:
+            metric("voxmesh_errors_total").labels(where="edge_http").inc()
+        log.info("request refused", extra={"route": route, "status": status, "reason": reason})
+        return web.json_response({"error": reason}, status=status)
+
+    # ---- routes ---------------------------------------------------------------
+
+    async def create_session(self, request: web.Request) -> web.Response:
+        route = "POST /v1/sessions"
+        if self.draining:
+            return self._error(503, "this edge is draining; retry on another", route)
+        ctype = request.headers.get("Content-Type", "").split(";")[0].strip().lower()
+        if ctype != "application/sdp":
+            return self._error(415, f"Content-Type must be application/sdp, got {ctype or 'none'!r}", route)
+        if request.content_length is not None and request.content_length > self.settings.max_sdp_bytes:
+            return self._error(413, f"SDP offer larger than {self.settings.max_sdp_bytes} bytes", route)
+        body = await request.content.read(self.settings.max_sdp_bytes + 1)
+        if len(body) > self.settings.max_sdp_bytes:
+            return self._error(413, f"SDP offer larger than {self.settings.max_sdp_bytes} bytes", route)
+        try:
+            offer = body.decode("utf-8")
+        except UnicodeDecodeError:
+            return self._error(400, "SDP offer is not UTF-8 text", route)
+        if not offer.startswith("v=0"):
+            return self._error(400, "malformed SDP offer: it must start with 'v=0'", route)
+        if len(self.sessions) >= self.settings.max_sessions:
+            return self._error(503, "edge at capacity", route)
+        sid = uuid.uuid4().hex
+        session = EdgeSession(sid, self.settings, self.upstreams, agent=request.query.get("agent", ""))
+        self.sessions[sid] = session
+        try:
+            answer = await session.accept(offer)
+        except SessionError as exc:
+            self.sessions.pop(sid, None)
+            await session.close()
+            return self._error(400, str(exc), route)
+        except Exception:
+            self.sessions.pop(sid, None)
+            await session.close()
+            log.exception("session setup failed")
+            return self._error(500, "session setup failed", route)
+        finally:
+            session_id_var.set(None)
+        metric("voxmesh_active_sessions").set(len(self.sessions))
+        metric("voxmesh_sessions_total").labels(outcome="created").inc()
+        metric("voxmesh_http_requests_total").labels(route=route, code="201").inc()
+        asyncio.get_running_loop().create_task(self._reap(session))
+        log.info("session created", extra={"session": sid})
+        return web.Response(
+            status=201, text=answer, content_type="application/sdp",
+            headers={"Location": f"/v1/sessions/{sid}", "X-Voxmesh-Session": sid},
+        )
+
+    async def _reap(self, session: EdgeSession) -> None:
+        await session.closed.wait()
+        if self.sessions.get(session.id) is session:
+            del self.sessions[session.id]
+            metric("voxmesh_active_sessions").set(len(self.sessions))
+            metric("voxmesh_sessions_total").labels(outcome="closed").inc()
+
+    async def delete_session(self, request: web.Request) -> web.Response:
+        route = "DELETE /v1/sessions"
+        sid = request.match_info["sid"]
+        session = self.sessions.pop(sid, None)
+        if session is None:
+            return self._error(404, f"no session {sid} on this edge", route)
+        await session.close()
+        metric("voxmesh_active_sessions").set(len(self.sessions))
+        metric("voxmesh_http_requests_total").labels(route=route, code="200").inc()
+        return web.json_response({"session_id": sid, "closed": True})
+
+    async def index(self, request: web.Request) -> web.StreamResponse:
+        return web.FileResponse(STATIC / "index.html")
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        return web.json_response({"ok": True})
+
+    async def readyz(self, request: web.Request) -> web.Response:
+        if self.draining:
+            return web.json_response({"ready": False, "reason": "draining"}, status=503)
+        return web.json_response({"ready": True, "sessions": len(self.sessions)})
+
+    async def drain_route(self, request: web.Request) -> web.Response:
+        asyncio.get_running_loop().create_task(self.drain())
+        return web.json_response({"draining": True, "sessions": len(self.sessions)})
+
+    async def drain(self) -> None:
+        """Take no new sessions; let live ones finish within the grace period;
+        then tell the clients still here to move, and close."""
+        if self.draining:
+            return
+        self.draining = True
+        log.info("draining", extra={"sessions": len(self.sessions), "grace_s": self.settings.drain_grace_s})
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.drain_grace_s
+        while self.sessions and loop.time() < deadline:
+            await asyncio.sleep(0.2)
+        for session in list(self.sessions.values()):
+            session.send_client({"type": "move", "reason": "edge draining"})
+        await asyncio.sleep(0.2)  # let the move message leave
+        await asyncio.gather(*(s.close() for s in list(self.sessions.values())), return_exceptions=True)
+
+    # ---- app ------------------------------------------------------------------
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=self.settings.max_sdp_bytes * 2)
+        app.add_routes([
+            web.post("/v1/sessions", self.create_session),
+            web.delete("/v1/sessions/{sid}", self.delete_session),
+            web.get("/", self.index),
+            web.static("/static", STATIC),
+            web.get("/metrics", self.metrics),
+            web.get("/healthz", self.healthz),
+            web.get("/readyz", self.readyz),
+            web.post("/v1/admin/drain", self.drain_route),
+        ])
+        app.on_startup.append(self._startup)
+        app.on_cleanup.append(self._cleanup)
+        return app
+
+    async def _startup(self, app: web.Application) -> None:
+        configure_ice_hosts(self.settings.ice_hosts)
+        self.upstreams = Upstreams(self.settings)
+
+    async def _cleanup(self, app: web.Application) -> None:
+        await asyncio.gather(*(s.close() for s in list(self.sessions.values())), return_exceptions=True)
+        if self.upstreams:
+            await self.upstreams.close()
+
+
+async def main() -> None:
+    settings = from_env(EdgeSettings, "VOXMESH_EDGE")
+    edge = Edge(settings)
+    runner = web.AppRunner(edge.app(), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.host, settings.port)
+    await site.start()
+    log.info("serving", extra={"port": settings.port})
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await edge.drain()
+    await runner.cleanup()

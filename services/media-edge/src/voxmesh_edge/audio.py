@@ -1,0 +1,51 @@
+"""PCM conversions and streaming resamplers (soxr keeps filter state across
+chunks, so 20 ms pieces resample without seams)."""
+
+from __future__ import annotations
+
+import numpy as np
+import soxr
+
+WEBRTC_RATE = 48000
+STT_RATE = 16000
+FRAME_MS = 20
+WEBRTC_FRAME_SAMPLES = WEBRTC_RATE * FRAME_MS // 1000  # 960
+
+
+class Resampler:
+    def __init__(self, in_rate: int, out_rate: int) -> None:
+        self.in_rate, self.out_rate = in_rate, out_rate
+        self._stream = None if in_rate == out_rate else soxr.ResampleStream(in_rate, out_rate, 1, dtype="int16", quality="HQ")
+
+    def __call__(self, pcm: np.ndarray, last: bool = False) -> np.ndarray:
+        if self._stream is None:
+            return pcm
+        return self._stream.resample_chunk(pcm, last=last)
+
+
+def frame_to_mono(frame) -> np.ndarray:
+    """av.AudioFrame (s16, packed or planar, any channels) -> int16 mono."""
+    data = frame.to_ndarray()
+    channels = len(frame.layout.channels)
+    if frame.format.is_planar:
+        mono = data[0] if channels == 1 else data.mean(axis=0)
+    else:
+        inter = data.reshape(-1, channels)
+        mono = inter[:, 0] if channels == 1 else inter.mean(axis=1)
+    if mono.dtype != np.int16:
+        if np.issubdtype(mono.dtype, np.floating) and frame.format.name.startswith("flt"):
+            mono = np.clip(mono * 32767, -32768, 32767)
+        mono = mono.astype(np.int16)
+    return mono
+
+
+def rms_dbfs(pcm: np.ndarray) -> float:
+    if pcm.size == 0:
+        return -120.0
+    rms = float(np.sqrt(np.mean(pcm.astype(np.float32) ** 2)))
+    return 20 * np.log10(max(rms, 1e-3) / 32768)
+
+
+def fade(pcm: np.ndarray, out: bool) -> np.ndarray:
+    ramp = np.linspace(1.0, 0.0, pcm.size, dtype=np.float32) if out else np.linspace(0.0, 1.0, pcm.size, dtype=np.float32)
+    return (pcm.astype(np.float32) * ramp).astype(np.int16)

@@ -1,0 +1,452 @@
+"""One caller's session at the edge: the PeerConnection, the audio in both
+directions, and the three gRPC streams (stt, orchestrator, tts per reply).
+
+The caller is heard from the first frame: inbound audio goes into a queue the
+moment the track arrives, before the stt stream is even open, and nothing is
+dropped while it opens. The audio of the unfinished user turn is kept, so a
+broken stt stream is reopened and replayed without losing words.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+
+import grpc
+import numpy as np
+from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError
+
+from voxmesh.core.aio import cancel_all, spawn
+from voxmesh.core.logging import session_id_var
+from voxmesh.core.metrics import metric
+from voxmesh.v1 import orchestrator_pb2 as opb
+from voxmesh.v1 import stt_pb2, tts_pb2
+from voxmesh_edge.audio import STT_RATE, WEBRTC_RATE, Resampler, frame_to_mono
+from voxmesh_edge.playout import Playout, PlayoutTrack, Segment
+from voxmesh_edge.settings import EdgeSettings
+from voxmesh_edge.upstreams import Upstreams
+
+log = logging.getLogger(__name__)
+
+PREROLL_MS = 500          # audio kept before a turn opens, for replay
+MAX_TURN_AUDIO_S = 60     # never keep more than this for replay
+
+
+class SessionError(Exception):
+    """Bad input from the client; the message is safe to return."""
+
+
+@dataclass
+class ReplyAudio:
+    """The tts stream of one agent reply and what is known of its clauses."""
+
+    turn_id: str
+    requests: asyncio.Queue = field(default_factory=asyncio.Queue)
+    clauses: dict[int, str] = field(default_factory=dict)
+    played: set[int] = field(default_factory=set)
+    end_of_reply: bool = False
+    done_sent: bool = False
+    task: asyncio.Task | None = None
+    call: object = None
+    last_report: dict[int, tuple[int, float]] = field(default_factory=dict)
+
+    def all_played(self) -> bool:
+        return self.end_of_reply and all(c in self.played for c in self.clauses)
+
+
+class EdgeSession:
+    def __init__(self, session_id: str, settings: EdgeSettings, upstreams: Upstreams, agent: str = "") -> None:
+        self.id = session_id
+        self.settings = settings
+        self.up = upstreams
+        self.agent = agent or settings.agent
+        self.created = time.time()
+        self.closed = asyncio.Event()
+        self._tasks: set[asyncio.Task] = set()
+        self.pc = RTCPeerConnection(_rtc_configuration(settings))
+        self.playout = Playout(self._on_progress, self._on_first_audio, settings.fade_ms)
+        self.playout.on_stopped = self._on_playout_stopped
+        self.track = PlayoutTrack(self.playout)
+        # Inbound audio, 16 kHz PCM, from the very first frame.
+        self.inbound: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self.to_orchestrator: asyncio.Queue[opb.EdgeEvent] = asyncio.Queue()
+        self.replies: dict[str, ReplyAudio] = {}
+        self._channel = None
+        self._channel_backlog: list[str] = []
+        # Audio clock: samples received at 16 kHz, and the wall time of the latest frame.
+        self._samples_in = 0
+        self._last_frame_wall = time.monotonic()
+        self._turn_audio = bytearray()      # audio since the open turn started (or a pre-roll)
+        self._turn_audio_start = 0          # its offset in samples
+        self._turn_open: int | None = None  # edge utterance id of the open user turn
+        self._utt_seq = int(time.time() * 1000)
+        self._last_speech_end: float | None = None
+        self._bargein_t0: float | None = None
+        self._ttfa_pending: float | None = None
+        self.stats = collections.Counter()
+
+    # ---- signaling -----------------------------------------------------
+
+    async def accept(self, offer_sdp: str) -> str:
+        """Apply the client's offer; return our answer (ICE candidates included)."""
+        session_id_var.set(self.id)
+        if "m=audio" not in offer_sdp:
+            raise SessionError("the offer has no audio m-line")
+
+        @self.pc.on("track")
+        def on_track(track) -> None:
+            if track.kind == "audio":
+                spawn(self._read_track(track), self._tasks, "inbound-audio")
+
+        @self.pc.on("datachannel")
+        def on_datachannel(channel) -> None:
+            self._channel = channel
+            channel.on("open", self._drain_backlog)
+            if channel.readyState == "open":
+                self._drain_backlog()
+
+        @self.pc.on("connectionstatechange")
+        async def on_state() -> None:
+            if self.pc.connectionState in ("failed", "closed"):
+                log.info("peer connection %s", self.pc.connectionState)
+                await self.close()
+
+        try:
+            await self.pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
+        except Exception as exc:  # aiortc raises ValueError and friends on bad SDP
+            raise SessionError(f"cannot parse the SDP offer: {exc}") from None
+        audio = [t for t in self.pc.getTransceivers() if t.kind == "audio"]
+        if not audio:
+            raise SessionError("the offer has no audio m-line")
+        audio[0].sender.replaceTrack(self.track)
+        audio[0].direction = "sendrecv"
+        answer = await self.pc.createAnswer()
+        await self.pc.setLocalDescription(answer)
+        spawn(self._stt_loop(), self._tasks, "stt")
+        spawn(self._orchestrator_loop(), self._tasks, "orchestrator")
+        self.send_client({"type": "session", "session_id": self.id})
+        return self.pc.localDescription.sdp
+
+    async def close(self) -> None:
+        if self.closed.is_set():
+            return
+        self.closed.set()
+        self.inbound.put_nowait(None)
+        for reply in self.replies.values():
+            _cancel_call(reply.call)
+        await cancel_all(self._tasks)
+        await cancel_all([r.task for r in self.replies.values() if r.task])
+        self.track.stop()
+        await self.pc.close()
+        log.info("session closed")
+
+    # ---- to the client (data channel) ------------------------------------
+
+    def send_client(self, msg: dict) -> None:
+        text = json.dumps(msg)
+        ch = self._channel
+        if ch is not None and ch.readyState == "open":
+            try:
+                ch.send(text)
+            except Exception:  # a closing channel: the session is ending anyway
+                pass
+        elif len(self._channel_backlog) < 200:
+            self._channel_backlog.append(text)
+
+    def _drain_backlog(self) -> None:
+        backlog, self._channel_backlog = self._channel_backlog, []
+        for text in backlog:
+            self._channel.send(text)
+
+    # ---- inbound audio ----------------------------------------------------
+
+    def _wall_at(self, offset_ms: int) -> float:
+        """Monotonic wall time at which audio offset `offset_ms` arrived (audio
+        arrives in real time, so it is the latest frame's time minus the gap)."""
+        now_ms = self._samples_in * 1000 / STT_RATE
+        return self._last_frame_wall - (now_ms - offset_ms) / 1000
+
+    async def _read_track(self, track) -> None:
+        resample = Resampler(WEBRTC_RATE, STT_RATE)
+        while True:
+            try:
+                frame = await track.recv()
+            except MediaStreamError:
+                break
+            if frame.sample_rate != resample.in_rate:
+                resample = Resampler(frame.sample_rate, STT_RATE)
+            pcm = resample(frame_to_mono(frame))
+            if pcm.size == 0:
+                continue
+            data = pcm.tobytes()
+            self._samples_in += pcm.size
+            self._last_frame_wall = time.monotonic()
+            self._keep_for_replay(data)
+            self.inbound.put_nowait(data)
+        self.inbound.put_nowait(None)
+
+    def _keep_for_replay(self, data: bytes) -> None:
+        self._turn_audio += data
+        if self._turn_open is None:
+            keep = PREROLL_MS * STT_RATE // 1000 * 2
+        else:
+            keep = MAX_TURN_AUDIO_S * STT_RATE * 2
+        if len(self._turn_audio) > keep:
+            drop = len(self._turn_audio) - keep
+            drop -= drop % 2
+            del self._turn_audio[:drop]
+            self._turn_audio_start += drop // 2
+
+    # ---- stt ----------------------------------------------------------------
+
+    async def _stt_loop(self) -> None:
+        attempt = 0
+        while not self.closed.is_set():
+            try:
+                await self._stt_stream(reconnect=attempt > 0)
+                return  # inbound ended: the session is over
+            except grpc.aio.AioRpcError as exc:
+                if self.closed.is_set():
+                    return
+                attempt += 1
+                metric("voxmesh_session_recoveries_total").labels(component="stt").inc()
+                log.warning("stt stream broke; replaying the unfinished turn", extra={"code": exc.code().name, "attempt": attempt})
+                await asyncio.sleep(min(2.0, 0.05 * 2 ** min(attempt, 5)) * random.uniform(0.5, 1.0))
+
+    async def _stt_stream(self, reconnect: bool) -> None:
+        replay, replay_start = b"", 0
+        if reconnect:
+            # Everything queued is also in the kept turn audio: take the kept
+            # audio instead, in one step (no await), so nothing is lost or doubled.
+            replay, replay_start = bytes(self._turn_audio), self._turn_audio_start
+            while not self.inbound.empty():
+                if self.inbound.get_nowait() is None:
+                    self.inbound.put_nowait(None)
+                    break
+        utt_map: dict[int, int] = {}
+        config = stt_pb2.TranscribeConfig(
+            session_id=self.id, sample_rate=STT_RATE, language="en",
+            stream_offset_ms=replay_start * 1000 // STT_RATE, interim_results=True,
+        )
+
+        async def requests():
+            yield stt_pb2.TranscribeRequest(config=config)
+            for i in range(0, len(replay), 6400):
+                yield stt_pb2.TranscribeRequest(audio=replay[i : i + 6400])
+            while True:
+                data = await self.inbound.get()
+                if data is None:
+                    return
+                yield stt_pb2.TranscribeRequest(audio=data)
+
+        call = self.up.stt.Transcribe(requests())
+        try:
+            async for ev in call:
+                await self._on_stt_event(ev, utt_map)
+        finally:
+            call.cancel()
+
+    def _edge_utterance(self, stt_id: int, utt_map: dict[int, int]) -> int:
+        """stt numbers turns per stream; the edge numbers them per session, so a
+        replayed stream continues the same turn."""
+        if stt_id not in utt_map:
+            if self._turn_open is not None and self._turn_open not in utt_map.values():
+                utt_map[stt_id] = self._turn_open
+            else:
+                self._utt_seq += 1
+                utt_map[stt_id] = self._utt_seq
+        return utt_map[stt_id]
+
+    async def _on_stt_event(self, ev: stt_pb2.TranscribeEvent, utt_map: dict[int, int]) -> None:
+        kind = ev.WhichOneof("event")
+        inner = getattr(ev, kind)
+        inner.utterance_id = self._edge_utterance(inner.utterance_id, utt_map)
+        if kind == "speech_started":
+            self._turn_open = inner.utterance_id
+            self._on_speech_started(inner.audio_offset_ms)
+            self.send_client({"type": "speech_started"})
+        elif kind == "speech_stopped":
+            self._last_speech_end = self._wall_at(inner.audio_offset_ms)
+            self.send_client({"type": "speech_stopped"})
+        elif kind == "interim":
+            self.send_client({"type": "interim", "text": inner.text, "stable": inner.stable_prefix})
+        elif kind == "final":
+            self.send_client({"type": "final", "text": inner.text})
+        elif kind == "end_of_turn":
+            self._turn_open = None
+            self._ttfa_pending = self._last_speech_end
+        await self.to_orchestrator.put(opb.EdgeEvent(speech=ev))
+
+    def _on_speech_started(self, onset_ms: int) -> None:
+        """Barge-in, first step: stop agent audio now, without a round trip."""
+        if self.playout.active_turn is None and not any(not r.all_played() for r in self.replies.values()):
+            return
+        self._bargein_t0 = self._wall_at(onset_ms)
+        paused = self.playout.pause()
+        turn = self.playout.active_turn or next((t for t, r in self.replies.items() if not r.all_played()), "")
+        self.to_orchestrator.put_nowait(opb.EdgeEvent(paused=opb.PlayoutPaused(turn_id=turn, audio_offset_ms=onset_ms)))
+        if not paused:
+            self._bargein_t0 = None
+
+    def _on_playout_stopped(self) -> None:
+        if self._bargein_t0 is not None:
+            stop_s = time.monotonic() - self._bargein_t0
+            metric("voxmesh_bargein_stop_seconds").observe(max(0.0, stop_s))
+            self.send_client({"type": "bargein_stop", "ms": round(stop_s * 1000)})
+            self._bargein_t0 = None
+
+    # ---- orchestrator ----------------------------------------------------------
+
+    async def _orchestrator_loop(self) -> None:
+        attempt = 0
+        resumed = False
+        while not self.closed.is_set():
+            try:
+                await self._converse(resumed)
+                return
+            except grpc.aio.AioRpcError as exc:
+                if self.closed.is_set():
+                    return
+                if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
+                    log.error("orchestrator refused the session", extra={"details": exc.details()})
+                    self.send_client({"type": "error", "message": exc.details()})
+                    return
+                attempt += 1
+                resumed = True
+                metric("voxmesh_session_recoveries_total").labels(component="orchestrator").inc()
+                log.warning("orchestrator stream broke; reconnecting", extra={"code": exc.code().name, "attempt": attempt})
+                await asyncio.sleep(min(2.0, 0.05 * 2 ** min(attempt, 5)) * random.uniform(0.5, 1.0))
+
+    async def _converse(self, resumed: bool) -> None:
+        async def events():
+            yield opb.EdgeEvent(start=opb.SessionStart(session_id=self.id, agent=self.agent, resumed=resumed))
+            while True:
+                yield await self.to_orchestrator.get()
+
+        call = self.up.orchestrator.Converse(events())
+        try:
+            async for cmd in call:
+                await self._on_command(cmd)
+        finally:
+            call.cancel()
+
+    async def _on_command(self, cmd: opb.AgentCommand) -> None:
+        kind = cmd.WhichOneof("command")
+        if kind == "say":
+            self._say(cmd.say)
+        elif kind == "end_of_reply":
+            reply = self.replies.get(cmd.end_of_reply.turn_id)
+            if reply is not None:
+                reply.end_of_reply = True
+                reply.requests.put_nowait(None)
+                self._maybe_reply_done(reply)
+        elif kind == "interrupt":
+            turn = cmd.interrupt.turn_id
+            self.playout.flush(turn)
+            reply = self.replies.pop(turn, None)
+            if reply is not None:
+                _cancel_call(reply.call)
+                if reply.task:
+                    reply.task.cancel()
+            self.send_client({"type": "interrupted", "turn_id": turn})
+        elif kind == "resume":
+            self.playout.resume()
+            self.send_client({"type": "resumed", "turn_id": cmd.resume.turn_id})
+        elif kind == "user_turn":
+            self.send_client({"type": "user_turn", "turn_id": cmd.user_turn.turn_id, "text": cmd.user_turn.text})
+
+    # ---- tts and playout ---------------------------------------------------------
+
+    def _say(self, say: opb.Say) -> None:
+        reply = self.replies.get(say.turn_id)
+        if reply is None:
+            reply = self.replies[say.turn_id] = ReplyAudio(say.turn_id)
+            reply.task = spawn(self._synthesize(reply), self._tasks, f"tts-{say.turn_id}")
+            # Forget finished replies so a long session does not grow.
+            for old in [t for t, r in self.replies.items() if r.done_sent]:
+                del self.replies[old]
+        reply.clauses[say.clause_id] = say.text
+        reply.requests.put_nowait(tts_pb2.Clause(clause_id=say.clause_id, text=say.text))
+        self.send_client({"type": "agent_say", "turn_id": say.turn_id, "clause_id": say.clause_id, "text": say.text})
+
+    async def _synthesize(self, reply: ReplyAudio) -> None:
+        async def requests():
+            yield tts_pb2.SynthesizeRequest(config=tts_pb2.SynthesizeConfig(session_id=self.id))
+            while (clause := await reply.requests.get()) is not None:
+                yield tts_pb2.SynthesizeRequest(clause=clause)
+
+        resamplers: dict[int, Resampler] = {}
+        call = reply.call = self.up.tts.Synthesize(requests())
+        try:
+            async for chunk in call:
+                text = reply.clauses.get(chunk.clause_id, "")
+                rs = resamplers.get(chunk.sample_rate)
+                if rs is None:
+                    rs = resamplers[chunk.sample_rate] = Resampler(chunk.sample_rate, WEBRTC_RATE)
+                pcm = rs(np.frombuffer(chunk.audio, dtype="<i2"), last=False) if chunk.audio else np.zeros(0, np.int16)
+                words = [(w.span.start, w.span.end, w.start_ms, w.end_ms) for w in chunk.words]
+                if pcm.size == 0 and not chunk.clause_done:
+                    continue
+                if pcm.size == 0:
+                    # An empty clause (or its closing marker): account for it as played.
+                    self._on_progress(reply.turn_id, chunk.clause_id, len(text), 0, True)
+                    continue
+                self.playout.enqueue(
+                    Segment(reply.turn_id, chunk.clause_id, pcm, (chunk.span.start, chunk.span.end), words, text, chunk.clause_done)
+                )
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() != grpc.StatusCode.CANCELLED:
+                metric("voxmesh_errors_total").labels(where="edge_tts").inc()
+                log.warning("tts stream failed", extra={"code": exc.code().name, "details": exc.details()})
+        finally:
+            _cancel_call(call)
+
+    def _on_first_audio(self, turn_id: str) -> None:
+        if self._ttfa_pending is not None:
+            ttfa = time.monotonic() - self._ttfa_pending
+            self._ttfa_pending = None
+            metric("voxmesh_ttfa_seconds").observe(ttfa)
+            self.send_client({"type": "latency", "turn_id": turn_id, "ttfa_ms": round(ttfa * 1000)})
+
+    def _on_progress(self, turn_id: str, clause_id: int, heard: int, played_ms: int, clause_done: bool) -> None:
+        reply = self.replies.get(turn_id)
+        if reply is None:
+            return
+        now = time.monotonic()
+        last = reply.last_report.get(clause_id)
+        due = last is None or (heard != last[0] and now - last[1] >= self.settings.playback_report_ms / 1000)
+        if clause_done:
+            reply.played.add(clause_id)
+        if due or clause_done:
+            reply.last_report[clause_id] = (heard, now)
+            self.to_orchestrator.put_nowait(
+                opb.EdgeEvent(playback=opb.Playback(turn_id=turn_id, clause_id=clause_id, heard_chars=heard, played_ms=played_ms, clause_done=clause_done))
+            )
+        if clause_done:
+            self._maybe_reply_done(reply)
+
+    def _maybe_reply_done(self, reply: ReplyAudio) -> None:
+        if reply.all_played() and not reply.done_sent:
+            reply.done_sent = True
+            self.send_client({"type": "reply_done", "turn_id": reply.turn_id})
+
+
+def _cancel_call(call) -> None:
+    if call is not None:
+        try:
+            call.cancel()
+        except Exception:
+            pass
+
+
+def _rtc_configuration(settings: EdgeSettings) -> RTCConfiguration:
+    servers = []
+    if settings.turn_url:
+        servers.append(RTCIceServer(urls=settings.turn_url, username=settings.turn_username or None, credential=settings.turn_password or None))
+    return RTCConfiguration(iceServers=servers)

@@ -1,0 +1,1 @@
+"""The conversation brain: one state machine per session, state in Redis."""

@@ -1,0 +1,19 @@
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class OrchestratorSettings:
+    """Read from VOXMESH_ORCHESTRATOR_<FIELD>."""
+
+    port: int = 50054
+    metrics_port: int = 9104
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    # llm replicas as host:port; a session's calls stay on one (prefix-cache affinity).
+    llm_targets: tuple[str, ...] = ("127.0.0.1:50052",)
+    # Agent config: a name of a packaged agent ("support") or a path to a YAML file.
+    agent: str = "support"
+    # Seconds a session's keys live after its last write.
+    session_ttl_s: int = 24 * 3600
+    drain_grace_s: float = 10.0

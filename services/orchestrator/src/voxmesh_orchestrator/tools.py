@@ -1,0 +1,205 @@
+"""Tools the agent may call, and how a small model calls them reliably.
+
+A tool declares whether it is read-only (safe to run on an interim transcript
+and to prefetch) or side-effecting (only on a committed turn, and after a
+spoken confirmation when it says so). Arguments are typed; for typed arguments
+the candidate values are extracted from what the user said, and the model
+chooses among them under a grammar (constrained decoding). A 135M-parameter
+model cannot be trusted to copy "four two one nine" into JSON; it can be
+trusted to pick between "call lookup_order with 4219" and "no tool".
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+_DIGIT_WORDS = {
+    "zero": "0", "oh": "0", "o": "0", "one": "1", "two": "2", "to": "2", "too": "2", "three": "3",
+    "four": "4", "for": "4", "five": "5", "six": "6", "seven": "7", "eight": "8", "ate": "8", "nine": "9",
+}
+_TOKEN = re.compile(r"[a-z]+|\d+")
+
+
+def digit_strings(text: str, min_len: int = 3) -> list[str]:
+    """Digit strings a caller said, however the recognizer wrote them:
+    "4219", "4-2-1-9", "4, 2, 1, 9", "four two one nine", "order for 2 1 9"."""
+    tokens = _TOKEN.findall(text.lower())
+    out: list[str] = []
+    run = ""
+    run_has_numeral = False
+    for tok in tokens:
+        if tok.isdigit():
+            run += tok
+            run_has_numeral = True
+            continue
+        digit = _DIGIT_WORDS.get(tok)
+        # Homophones ("for", "to") only count inside a run of real digits.
+        if digit is not None and (tok in ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine") or run):
+            run += digit
+            if tok not in ("for", "to", "too", "o", "ate", "oh"):
+                run_has_numeral = True
+            continue
+        if len(run) >= min_len and run_has_numeral:
+            out.append(run)
+        run, run_has_numeral = "", False
+    if len(run) >= min_len and run_has_numeral:
+        out.append(run)
+    # A homophone may have been swallowed at the start ("for 4219" -> "44219"):
+    # also offer each run without a leading homophone digit.
+    extra = [r[1:] for r in out if len(r) > min_len and r[0] in "248"]
+    return list(dict.fromkeys(out + extra))
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    kind: str  # "digits": a number the caller says
+    description: str = ""
+
+
+@dataclass
+class Tool:
+    name: str
+    description: str
+    params: tuple[Param, ...]
+    handler: Callable[..., Awaitable[dict]]
+    read_only: bool = True
+    requires_confirmation: bool = False
+    examples: tuple[tuple[str, dict | None], ...] = field(default=())
+    # One worked exchange (caller text, the call, the reply from its result),
+    # shown to the model before a real result: a small model follows a
+    # demonstration far better than an instruction.
+    demonstration: tuple[str, dict, str] | None = None
+
+    def candidates(self, user_text: str) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {}
+        for p in self.params:
+            if p.kind == "digits":
+                out[p.name] = digit_strings(user_text)
+            else:
+                raise ValueError(f"unsupported parameter kind {p.kind}")
+        return out
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    tool: str
+    args: dict
+
+    def key(self) -> str:
+        return json.dumps([self.tool, self.args], sort_keys=True)
+
+
+def _gbnf_literal(s: str) -> str:
+    return json.dumps(s)
+
+
+def routing_grammar(tools: list[Tool], user_text: str) -> tuple[str, list[ToolCall]] | None:
+    """A GBNF grammar whose sentences are exactly the possible tool calls for
+    this utterance plus "none". None when no tool can apply (no candidate
+    arguments), so no model call is needed at all."""
+    options: list[ToolCall] = []
+    for tool in tools:
+        cands = tool.candidates(user_text)
+        if any(not v for v in cands.values()):
+            continue
+        # One parameter per tool is all the default agent needs; combine if more.
+        combos: list[dict] = [{}]
+        for name, values in cands.items():
+            combos = [{**c, name: v} for c in combos for v in values]
+        options.extend(ToolCall(tool.name, c) for c in combos)
+    if not options:
+        return None
+    alts = [_gbnf_literal(render_call(c)) for c in options] + [_gbnf_literal("none")]
+    return "root ::= " + " | ".join(alts), options
+
+
+def render_call(call: ToolCall) -> str:
+    args = ", ".join(f"{k}={v}" for k, v in call.args.items())
+    return f"{call.tool}({args})"
+
+
+def parse_call(text: str, options: list[ToolCall]) -> ToolCall | None:
+    text = text.strip()
+    for c in options:
+        if render_call(c) == text:
+            return c
+    return None
+
+
+def routing_prompt(tools: list[Tool], history_text: str, user_text: str) -> list[dict]:
+    lines = ["Decide if a tool is needed to answer the caller. Reply with one tool call or none.", "Tools:"]
+    for t in tools:
+        params = ", ".join(p.name for p in t.params)
+        lines.append(f"- {t.name}({params}): {t.description}")
+    shots: list[dict] = [{"role": "system", "content": "\n".join(lines)}]
+    for t in tools:
+        for said, args in t.examples:
+            shots.append({"role": "user", "content": said})
+            shots.append({"role": "assistant", "content": render_call(ToolCall(t.name, args)) if args else "none"})
+    if history_text:
+        shots.append({"role": "system", "content": f"Conversation so far: {history_text}"})
+    shots.append({"role": "user", "content": user_text})
+    return shots
+
+
+class OrderStore:
+    """The small order store that ships with the default agent (read-only)."""
+
+    def __init__(self, path: pathlib.Path) -> None:
+        self.orders: dict[str, dict] = json.loads(path.read_text())
+
+    async def lookup_order(self, order_id: str) -> dict:
+        order = self.orders.get(str(order_id))
+        if order is None:
+            return {"order_id": order_id, "found": False}
+        return {"order_id": order_id, "found": True, **order}
+
+
+def describe_result(call: ToolCall, result: dict) -> str:
+    """Tool results in plain words: a small model repeats a sentence far more
+    faithfully than it reads JSON."""
+    if call.tool == "lookup_order":
+        oid = " ".join(result["order_id"])
+        if not result.get("found"):
+            return f"There is no order with number {oid}. Ask the caller to check the number."
+        return (
+            f"Order {oid} is {result['status']}. It contains {result['item']}, "
+            f"shipped with {result['carrier']}, expected {result['eta']}."
+        )
+    return json.dumps(result)
+
+
+def build_tools(names: tuple[str, ...], orders_path: pathlib.Path | None) -> list[Tool]:
+    tools: list[Tool] = []
+    for name in names:
+        if name == "lookup_order":
+            if orders_path is None:
+                raise ValueError("lookup_order needs an order store (agent config 'orders')")
+            store = OrderStore(orders_path)
+            tools.append(
+                Tool(
+                    name="lookup_order",
+                    description="look up the delivery status of an order by its number",
+                    params=(Param("order_id", "digits", "the order number"),),
+                    handler=store.lookup_order,
+                    read_only=True,
+                    examples=(
+                        ("Hi, where is my order 5530?", {"order_id": "5530"}),
+                        ("What's the status of order 1 1 8 7", {"order_id": "1187"}),
+                        ("My phone number is 555 1234, thanks for your help", None),
+                    ),
+                    demonstration=(
+                        "Where is my order 5530?",
+                        {"order_id": "5530"},
+                        "Your order 5 5 3 0 is in transit with Parcelly Ground. It should arrive Friday.",
+                    ),
+                )
+            )
+        else:
+            raise ValueError(f"unknown tool {name!r}")
+    return tools
