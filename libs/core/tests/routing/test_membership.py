@@ -151,7 +151,9 @@ def three_edges(api: FakeKubeApi) -> None:
 async def test_lists_ready_and_draining_endpoints(api, token_file):
     three_edges(api)
     async with watcher(api, token_file) as m:
+        first = await asyncio.wait_for(anext(m.changes()), 5)  # not the empty pre-sync placeholder
         snap = await m.wait_synced(5)
+        assert first is snap
         assert snap.ready == {"media-edge-0": Member("media-edge-0", "10.0.0.10", 8080),
                               "media-edge-1": Member("media-edge-1", "10.0.0.11", 8080)}
         assert snap.draining == {"media-edge-2": Member("media-edge-2", "10.0.0.12", 8080)}
@@ -277,6 +279,15 @@ async def test_slices_merge_pages_ports_and_address_types(api):
         assert list(snap.ready) == ["media-edge-0", "media-edge-1", "media-edge-2"]
         assert snap.ready["media-edge-0"].port == 9090  # the named port
         assert snap.ready["media-edge-2"].address == "[fd00::12]:9090"
+
+
+async def test_an_empty_service_still_counts_as_synced(api):
+    seen = []
+    async with watcher(api) as m:
+        m.on_change(seen.append)
+        snap = await asyncio.wait_for(anext(m.changes()), 5)
+        assert m.synced and snap == MemberSet() and seen == [snap]
+        assert len(m.ring) == 0
 
 
 async def test_close_cancels_the_watch(api):

@@ -172,10 +172,11 @@ class Membership:
         return lambda: self._callbacks.remove(callback) if callback in self._callbacks else None
 
     async def changes(self) -> AsyncIterator[MemberSet]:
-        """The current snapshot, then each new one; ends when closed."""
+        """The current snapshot (once the first full list is in: never the empty
+        placeholder before it), then each new one; ends when closed."""
         seen = -1
         while not self._closed:
-            if self._version != seen:
+            if self.synced and self._version != seen:
                 seen = self._version
                 yield self._current
                 continue
@@ -187,9 +188,12 @@ class Membership:
                 self._waiters.discard(event)
 
     def _publish(self, snapshot: MemberSet, *, synced: bool = True) -> None:
+        first = synced and not self._synced.is_set()
         if synced:
             self._synced.set()
-        if snapshot == self._current:
+        # The first sync is news even when the set is empty (a Service with no
+        # endpoints yet): subscribers waiting for it must hear about it.
+        if snapshot == self._current and not first:
             return
         self._current = snapshot
         self._ring = snapshot.ring()
