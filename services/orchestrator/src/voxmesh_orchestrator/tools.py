@@ -24,34 +24,40 @@ _DIGIT_WORDS = {
 _TOKEN = re.compile(r"[a-z]+|\d+")
 
 
+_NUMERALS = {"zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"}
+
+
 def digit_strings(text: str, min_len: int = 3) -> list[str]:
     """Digit strings a caller said, however the recognizer wrote them:
     "4219", "4-2-1-9", "4, 2, 1, 9", "four two one nine", "order for 2 1 9"."""
-    tokens = _TOKEN.findall(text.lower())
-    out: list[str] = []
-    run = ""
-    run_has_numeral = False
-    for tok in tokens:
+    runs: list[list[tuple[str, bool]]] = [[]]  # (digits, came from a homophone like "for")
+    for tok in _TOKEN.findall(text.lower()):
+        run = runs[-1]
         if tok.isdigit():
-            run += tok
-            run_has_numeral = True
+            run.append((tok, False))
+        elif tok in _NUMERALS:
+            run.append((_DIGIT_WORDS[tok], False))
+        elif tok in _DIGIT_WORDS and run:
+            # Homophones ("for", "to", "oh") count only inside a run of digits.
+            run.append((_DIGIT_WORDS[tok], True))
+        elif tok in _DIGIT_WORDS:
+            run.append((_DIGIT_WORDS[tok], True))
+        else:
+            runs.append([])
+    out: list[str] = []
+    for run in runs:
+        while run and run[-1][1]:  # a trailing homophone is a word ("order 42 for")
+            run.pop()
+        if not any(not homophone for _, homophone in run):
             continue
-        digit = _DIGIT_WORDS.get(tok)
-        # Homophones ("for", "to") only count inside a run of real digits.
-        if digit is not None and (tok in ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine") or run):
-            run += digit
-            if tok not in ("for", "to", "too", "o", "ate", "oh"):
-                run_has_numeral = True
-            continue
-        if len(run) >= min_len and run_has_numeral:
-            out.append(run)
-        run, run_has_numeral = "", False
-    if len(run) >= min_len and run_has_numeral:
-        out.append(run)
-    # A homophone may have been swallowed at the start ("for 4219" -> "44219"):
-    # also offer each run without a leading homophone digit.
-    extra = [r[1:] for r in out if len(r) > min_len and r[0] in "248"]
-    return list(dict.fromkeys(out + extra))
+        digits = "".join(d for d, _ in run)
+        if len(digits) >= min_len:
+            out.append(digits)
+        if run[0][1]:  # "for 4219": the leading "for" was probably the word
+            rest = "".join(d for d, _ in run[1:])
+            if len(rest) >= min_len:
+                out.append(rest)
+    return list(dict.fromkeys(out))
 
 
 @dataclass(frozen=True)
