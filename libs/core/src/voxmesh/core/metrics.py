@@ -44,6 +44,7 @@ CATALOG: dict[str, Spec] = {
     "voxmesh_eou_delay_seconds": Spec(Histogram, "End of speech to end-of-turn decision"),
     "voxmesh_eou_total": Spec(Counter, "End-of-turn decisions by reason", ("reason",)),
     "voxmesh_stt_audio_seconds_total": Spec(Counter, "Seconds of audio received"),
+    "voxmesh_eou_suspect_total": Spec(Counter, "End-of-turn decisions that look wrong: false (the speaker went on right after) or late (held to the maximum wait)", ("kind",)),
     # llm
     "voxmesh_llm_ttft_seconds": Spec(Histogram, "Request received to first generated token"),
     "voxmesh_llm_queue_depth": Spec(Gauge, "Generate requests waiting for the engine"),

