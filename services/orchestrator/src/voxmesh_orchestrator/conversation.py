@@ -134,6 +134,7 @@ class Conversation:
         if kind == "speech_started":
             self._on_speech_started(ev.speech_started.utterance_id)
         elif kind == "interim":
+            self.prefetch(ev.interim.text)
             await self._maybe_confirm(ev.interim.utterance_id, ev.interim.text, final=False)
         elif kind == "final":
             self._final_text[ev.final.utterance_id] = ev.final.text.strip()
@@ -265,15 +266,18 @@ class Conversation:
         reply.task = spawn(self._generate(reply, text), self._tasks, f"reply-{reply.turn_id}")
 
     async def _prompt(self, user_turn: str, tool_notes: list[tuple[Tool, ToolCall, str]]) -> list[dict]:
+        """System prompt and tool demonstrations first, always the same, so the
+        llm replica reuses their KV cache on every turn; then the history up to
+        this turn; then what the tools found."""
         msgs: list[dict] = [{"role": "system", "content": self.agent.instructions}]
-        for tool, _call, _note in tool_notes:
+        for tool in self.tools:
             if tool.demonstration:
                 said, args, answer = tool.demonstration
                 demo_call = ToolCall(tool.name, args)
                 demo_note = describe_result(demo_call, await tool.handler(**args))
                 msgs += [
                     {"role": "user", "content": said},
-                    {"role": "system", "content": f"Order system: {demo_note}"},
+                    {"role": "system", "content": f"{tool.source}: {demo_note}"},
                     {"role": "assistant", "content": answer},
                 ]
         for m in await self.store.history(self.sid):
@@ -281,25 +285,57 @@ class Conversation:
                 msgs.append({"role": m["role"], "content": m["content"]})
             if m.get("turn_id") == user_turn:
                 break
-        for _tool, _call, note in tool_notes:
-            msgs.append({"role": "system", "content": f"Order system: {note}"})
+        for tool, _call, note in tool_notes:
+            msgs.append({"role": "system", "content": f"{tool.source}: {note}"})
         return msgs
 
+    def prefetch(self, text: str) -> None:
+        """Reversible work on an interim transcript: run the read-only tool
+        calls it names, so the committed turn finds their results ready."""
+        for tool in self.tools:
+            if not tool.read_only:
+                continue
+            for call in tool.calls(text):
+                if call.key() not in self._tool_cache:
+                    self._tool_cache[call.key()] = spawn(self._run_tool(tool, call), self._tasks, f"prefetch-{tool.name}")
+
     async def _route_tools(self, text: str, history: list[dict]) -> list[tuple[Tool, ToolCall, str]]:
+        """Which tool results go into the reply's context.
+
+        Read-only calls whose arguments the caller said are run (or taken from
+        the prefetch); when exactly one finds something, that is the answer and
+        no model call is needed. The model decides, under a grammar that
+        admits only the possible calls, when the choice is ambiguous.
+        Side-effecting tools never run here without a committed, confirmed turn."""
         routed = routing_grammar(self.tools, text)
         if routed is None:
             return []
-        grammar, options = routed
-        recent = " ".join(f"{m['role']}: {m['content']}" for m in history[-4:] if m.get("role") in ("user", "assistant"))
-        answer = await self.llm.complete(self.sid, routing_prompt(self.tools, recent, text), grammar=grammar, max_tokens=24)
-        call = parse_call(answer, options)
-        if call is None:
+        _grammar, options = routed
+        by_name = {t.name: t for t in self.tools}
+        results: dict[str, dict] = {}
+        for call in options:
+            tool = by_name[call.tool]
+            if tool.read_only:
+                task = self._tool_cache.get(call.key())
+                if task is None:
+                    task = self._tool_cache[call.key()] = spawn(self._run_tool(tool, call), self._tasks, f"tool-{tool.name}")
+                results[call.key()] = await asyncio.shield(task)
+        found = [c for c in options if c.key() in results and results[c.key()].get("found", True)]
+        if len(found) == 1:
+            chosen: ToolCall | None = found[0]
+        else:
+            candidates = found or options
+            grammar, _ = routing_grammar(self.tools, text, only=candidates)
+            recent = " ".join(f"{m['role']}: {m['content']}" for m in history[-4:] if m.get("role") in ("user", "assistant"))
+            answer = await self.llm.complete(self.sid, routing_prompt(self.tools, recent, text), grammar=grammar, max_tokens=24)
+            chosen = parse_call(answer, candidates)
+        if chosen is None:
             return []
-        tool = next(t for t in self.tools if t.name == call.tool)
-        if not tool.read_only and tool.requires_confirmation:
-            return []  # side-effecting tools with confirmation go through a spoken confirm step
-        result = await self._run_tool(tool, call)
-        return [(tool, call, describe_result(call, result))]
+        tool = by_name[chosen.tool]
+        if not tool.read_only:
+            return []  # side-effecting tools go through the spoken-confirmation step
+        result = results.get(chosen.key()) or await self._run_tool(tool, chosen)
+        return [(tool, chosen, describe_result(chosen, result))]
 
     async def _run_tool(self, tool: Tool, call: ToolCall) -> dict:
         """Run a tool once per session and call: a completed call's result is

@@ -81,6 +81,19 @@ class Tool:
     # demonstration far better than an instruction.
     demonstration: tuple[str, dict, str] | None = None
 
+    # How tool results are introduced to the model ("Order system: ...").
+    source: str = "Tool result"
+
+    def calls(self, user_text: str) -> list["ToolCall"]:
+        """Every call whose arguments the caller actually said."""
+        cands = self.candidates(user_text)
+        if any(not v for v in cands.values()):
+            return []
+        combos: list[dict] = [{}]
+        for name, values in cands.items():
+            combos = [{**c, name: v} for c in combos for v in values]
+        return [ToolCall(self.name, c) for c in combos]
+
     def candidates(self, user_text: str) -> dict[str, list[str]]:
         out: dict[str, list[str]] = {}
         for p in self.params:
@@ -104,20 +117,11 @@ def _gbnf_literal(s: str) -> str:
     return json.dumps(s)
 
 
-def routing_grammar(tools: list[Tool], user_text: str) -> tuple[str, list[ToolCall]] | None:
+def routing_grammar(tools: list[Tool], user_text: str, only: list[ToolCall] | None = None) -> tuple[str, list[ToolCall]] | None:
     """A GBNF grammar whose sentences are exactly the possible tool calls for
-    this utterance plus "none". None when no tool can apply (no candidate
-    arguments), so no model call is needed at all."""
-    options: list[ToolCall] = []
-    for tool in tools:
-        cands = tool.candidates(user_text)
-        if any(not v for v in cands.values()):
-            continue
-        # One parameter per tool is all the default agent needs; combine if more.
-        combos: list[dict] = [{}]
-        for name, values in cands.items():
-            combos = [{**c, name: v} for c in combos for v in values]
-        options.extend(ToolCall(tool.name, c) for c in combos)
+    this utterance (or `only` those) plus "none". None when no tool can apply
+    (no candidate arguments), so no model call is needed at all."""
+    options = only if only is not None else [c for tool in tools for c in tool.calls(user_text)]
     if not options:
         return None
     alts = [_gbnf_literal(render_call(c)) for c in options] + [_gbnf_literal("none")]
@@ -194,6 +198,7 @@ def build_tools(names: tuple[str, ...], orders_path: pathlib.Path | None) -> lis
                     params=(Param("order_id", "digits", "the order number"),),
                     handler=store.lookup_order,
                     read_only=True,
+                    source="Order system",
                     examples=(
                         ("Hi, where is my order 5530?", {"order_id": "5530"}),
                         ("What's the status of order 1 1 8 7", {"order_id": "1187"}),
