@@ -1,0 +1,1 @@
+"""voxmesh llm: streaming generation with prompt-prefix reuse and prompt cancellation."""

@@ -1,0 +1,266 @@
+"""The llm service with the real packaged SmolLM2-135M model, over real gRPC."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+
+import grpc
+import pytest
+from prometheus_client import REGISTRY
+
+from voxmesh.testing.servers import child_env, free_port, wait_for_grpc_health
+from voxmesh.v1 import common_pb2, llm_pb2, llm_pb2_grpc
+
+from voxmesh_llm.backends.base import GenerateParams, Message
+
+pytestmark = pytest.mark.models
+
+# Never completes: the model may not emit end-of-generation, so only a cancel (or
+# max_tokens) ends the stream. Lets cancel tests run against a live decode loop.
+ENDLESS = 'root ::= "la " root'
+
+
+def msgs(*pairs: tuple[str, str]) -> list[common_pb2.ChatMessage]:
+    return [common_pb2.ChatMessage(role=r, content=c) for r, c in pairs]
+
+
+async def read_rest(call) -> list:
+    """The remaining chunks of a call already read with call.read()."""
+    out = []
+    while (c := await call.read()) is not grpc.aio.EOF:
+        out.append(c)
+    return out
+
+
+def sample(name: str, **labels) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def long_system_prompt(words: int = 240) -> str:
+    """A system prompt of roughly `words` * 1.2 tokens, unique per call so no earlier
+    request left it in the KV cache."""
+    rules = " ".join(f"Rule {i}: confirm the guest count, date and time politely." for i in range(words // 9))
+    return f"Session {uuid.uuid4().hex[:8]}. You are a friendly restaurant booking assistant. {rules}"
+
+
+async def test_reply_streams_in_several_chunks(llm_stub):
+    chunks = [
+        c
+        async for c in llm_stub.Generate(
+            llm_pb2.GenerateRequest(
+                session_id="s1", request_id="r1", max_tokens=40,
+                messages=msgs(("system", "You are a helpful assistant."), ("user", "Name three colors.")),
+            )
+        )
+    ]
+    assert len(chunks) >= 4
+    assert all(not c.done for c in chunks[:-1]) and chunks[-1].done
+    assert chunks[-1].finish_reason in ("stop", "length")
+    text = "".join(c.text for c in chunks)
+    assert len(text.strip()) > 5
+    assert chunks[-1].prompt_tokens > 10 and 0 < chunks[-1].completion_tokens <= 40
+
+
+async def test_cancel_stops_generation_within_100ms(llm_stub, llama_backend):
+    """Server side: the engine stops within 100 ms of the caller's cancel (the backend
+    measures it into voxmesh_llm_cancel_seconds). Client side: the next request is not
+    stuck behind the cancelled one."""
+    count0 = sample("voxmesh_llm_cancel_seconds_count")
+    sum0 = sample("voxmesh_llm_cancel_seconds_sum")
+    tokens0 = sample("voxmesh_llm_tokens_total")
+    call = llm_stub.Generate(
+        llm_pb2.GenerateRequest(max_tokens=3000, grammar=ENDLESS, messages=msgs(("user", "Sing.")))
+    )
+    got = 0
+    async for c in call:
+        got += 1
+        if got == 10:
+            break
+    call.cancel()
+    deadline = time.monotonic() + 5
+    while sample("voxmesh_llm_cancel_seconds_count") == count0 and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    assert sample("voxmesh_llm_cancel_seconds_count") == count0 + 1
+    latency = sample("voxmesh_llm_cancel_seconds_sum") - sum0
+    assert latency < 0.1, latency
+    # It stopped decoding: no more tokens are counted afterwards.
+    stopped_tokens = sample("voxmesh_llm_tokens_total")
+    assert stopped_tokens - tokens0 < 200
+    await asyncio.sleep(0.3)
+    assert sample("voxmesh_llm_tokens_total") == stopped_tokens
+
+    t0 = time.perf_counter()
+    nxt = llm_stub.Generate(llm_pb2.GenerateRequest(max_tokens=5, messages=msgs(("user", "Hi!"))))
+    first = await nxt.read()
+    ttft = time.perf_counter() - t0
+    assert first.text or first.done
+    assert ttft < 1.5, ttft  # a short prompt's prefill, not 3000 queued tokens
+    await read_rest(nxt)
+
+
+async def test_cancel_during_a_long_prompt(llama_backend):
+    """A cancel lands while the prompt is still being evaluated: the sliced prefill
+    stops within 100 ms too."""
+    params = GenerateParams(
+        messages=(Message("system", long_system_prompt(900)), Message("user", "Summarize the rules.")),
+        max_tokens=50, received_at=time.perf_counter(),
+    )
+    gen = llama_backend.generate(params)
+    await asyncio.sleep(0.4)  # well inside a ~1000-token prefill on 2 cores
+    await gen.aclose()
+    await asyncio.wait_for(gen.stopped(), 5)
+    assert gen.cancel_latency is not None and gen.cancel_latency < 0.1, gen.cancel_latency
+
+
+async def test_a_cancelled_queued_request_never_starts(llama_backend):
+    depth = lambda: sample("voxmesh_llm_queue_depth")  # noqa: E731
+    base = depth()
+    running = llama_backend.generate(
+        GenerateParams(messages=(Message("user", "Sing."),), max_tokens=3000, grammar=ENDLESS)
+    )
+    first = await anext(running)  # it is on the engine now
+    assert first.text
+    queued = llama_backend.generate(GenerateParams(messages=(Message("user", "Hello"),), max_tokens=5))
+    assert depth() == base + 1
+    await queued.aclose()
+    assert depth() == base  # left the queue at once
+    await running.aclose()
+    await asyncio.wait_for(running.stopped(), 5)
+    await asyncio.wait_for(queued.stopped(), 5)
+    assert queued.cancel_latency is None  # never ran
+
+
+async def test_grammar_constrains_output(llm_stub):
+    grammar = r'''
+root   ::= "{" ws "\"code\":" ws "\"" digits "\"" ws "}"
+digits ::= [0-9]{4,6}
+ws     ::= [ ]?
+'''
+    chunks = [
+        c
+        async for c in llm_stub.Generate(
+            llm_pb2.GenerateRequest(
+                max_tokens=40, temperature=0.7, seed=7, grammar=grammar,
+                messages=msgs(("user", "Give me a verification code as JSON.")),
+            )
+        )
+    ]
+    text = "".join(c.text for c in chunks)
+    obj = json.loads(text)
+    assert list(obj) == ["code"] and obj["code"].isdigit() and 4 <= len(obj["code"]) <= 6
+    assert chunks[-1].finish_reason == "stop"
+
+    schema = json.dumps({"type": "object", "properties": {"answer": {"type": "boolean"}}, "required": ["answer"]})
+    text = "".join([
+        c.text
+        async for c in llm_stub.Generate(
+            llm_pb2.GenerateRequest(max_tokens=30, json_schema=schema, messages=msgs(("user", "Is the sky blue?")))
+        )
+    ])
+    assert isinstance(json.loads(text)["answer"], bool)
+
+
+async def test_invalid_grammar_is_invalid_argument(llm_stub):
+    for grammar, words in [("root ::= value", "undefined rule(s): value"), ('answer ::= "yes"', "no 'root' rule")]:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            async for _ in llm_stub.Generate(
+                llm_pb2.GenerateRequest(grammar=grammar, messages=msgs(("user", "hi")))
+            ):
+                pass
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "invalid GBNF grammar" in err.value.details() and words in err.value.details()
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        async for _ in llm_stub.Generate(llm_pb2.GenerateRequest(json_schema="{not json", messages=msgs(("user", "hi")))):
+            pass
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_empty_messages_is_invalid_argument(llm_stub):
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        async for _ in llm_stub.Generate(llm_pb2.GenerateRequest(session_id="s")):
+            pass
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "messages" in err.value.details()
+
+
+async def test_stop_strings_and_max_tokens(llm_stub):
+    async def run(**kw):
+        return [c async for c in llm_stub.Generate(llm_pb2.GenerateRequest(**kw))]
+
+    counting = msgs(("user", "Count from 1 to 10, one number per line."))
+    full = "".join(c.text for c in await run(max_tokens=60, messages=counting))
+    assert "4" in full  # greedy: the same text every time
+    cut = await run(max_tokens=60, messages=counting, stop=["4"])
+    text = "".join(c.text for c in cut)
+    assert cut[-1].finish_reason == "stop" and "4" not in text
+    assert full.startswith(text)
+    short = await run(max_tokens=5, messages=counting)
+    assert short[-1].finish_reason == "length" and short[-1].completion_tokens == 5
+
+
+async def test_seed_makes_sampling_reproducible(llm_stub):
+    async def run(seed):
+        req = llm_pb2.GenerateRequest(
+            max_tokens=20, temperature=1.0, seed=seed, messages=msgs(("user", "Tell me a fun fact."))
+        )
+        return "".join([c.text async for c in llm_stub.Generate(req)])
+
+    assert await run(1234) == await run(1234)
+
+
+async def test_prompt_prefix_is_reused_across_turns(llm_stub):
+    """The second turn of a session shares the whole first prompt; llama.cpp keeps
+    its KV entries, so time to first token drops from the full prompt to the new
+    message."""
+    history = [("system", long_system_prompt(240)), ("user", "Hi, a table for two tomorrow at seven, please.")]
+
+    async def ttft(pairs):
+        t0 = time.perf_counter()
+        call = llm_stub.Generate(llm_pb2.GenerateRequest(session_id="s-prefix", max_tokens=12, messages=msgs(*pairs)))
+        first = await call.read()
+        dt = time.perf_counter() - t0
+        rest = await read_rest(call)
+        last = (rest or [first])[-1]
+        return dt, first.text + "".join(c.text for c in rest), last.prompt_tokens
+
+    cold, reply, n_cold = await ttft(history)
+    assert n_cold > 250
+    warm, _, n_warm = await ttft([*history, ("assistant", reply), ("user", "My name is Alex.")])
+    print(f"prefix reuse: first turn {n_cold} tokens TTFT {cold * 1000:.0f} ms; "
+          f"next turn {n_warm} tokens TTFT {warm * 1000:.0f} ms")
+    assert warm < cold / 3, (cold, warm)
+
+
+def test_service_process_serves_and_drains(tmp_path):
+    """`python -m voxmesh_llm` reads its settings from the environment, serves
+    Generate and /metrics, and exits cleanly on SIGTERM."""
+    port, mport = free_port(), free_port()
+    env = child_env(VOXMESH_LLM_PORT=str(port), VOXMESH_LLM_METRICS_PORT=str(mport), VOXMESH_LLM_HOST="127.0.0.1",
+                    VOXMESH_LLM_GRACE_S="1", VOXMESH_LLM_N_CTX="2048")
+    proc = subprocess.Popen([sys.executable, "-m", "voxmesh_llm"], env=env, stdout=subprocess.DEVNULL,
+                            stderr=open(tmp_path / "llm.log", "w"))
+    try:
+        wait_for_grpc_health(f"127.0.0.1:{port}", timeout=60, proc=proc)
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+            stub = llm_pb2_grpc.LlmStub(ch)
+            chunks = list(stub.Generate(llm_pb2.GenerateRequest(max_tokens=8, messages=msgs(("user", "Hello"))), timeout=30))
+        assert chunks[-1].done
+        body = urllib.request.urlopen(f"http://127.0.0.1:{mport}/metrics", timeout=5).read().decode()
+        assert "voxmesh_llm_ttft_seconds_count 1.0" in body
+        assert f'voxmesh_llm_requests_total{{outcome="{chunks[-1].finish_reason}"}} 1.0' in body
+        assert "voxmesh_llm_queue_depth 0.0" in body
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    log = (tmp_path / "llm.log").read_text()
+    assert '"msg": "llama.cpp model loaded"' in log
