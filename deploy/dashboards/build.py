@@ -64,6 +64,11 @@ def q(quantile: float, metric: str, by: str = "") -> str:
     return f"histogram_quantile({quantile}, sum by ({group}) (rate({metric}_bucket{{{NS}}}[{RI}])))"
 
 
+def rec(metric: str, pct: int) -> str:
+    """A latency percentile from the recording rules (worst selected namespace)."""
+    return f"max(voxmesh:{metric.removeprefix('voxmesh_')}:p{pct}_5m{{{NS}}})"
+
+
 def mean(metric: str) -> str:
     return f"sum(rate({metric}_sum{{{NS}}}[{RI}])) / sum(rate({metric}_count{{{NS}}}[{RI}]))"
 
@@ -100,21 +105,21 @@ TURN_LATENCY = Dashboard(
         Panel("Turns per second", "How much conversation is flowing: committed user turns per second.",
               [(f"sum(voxmesh:turns:rate5m{{{NS}}})", "turns/s")], kind="stat", unit="reqps", width=6, height=4),
         Panel("Time to first audio", "How has first-audio latency moved over time, at the median, p95 and p99?",
-              [(q(0.5, "voxmesh_ttfa_seconds"), "p50"), (q(0.95, "voxmesh_ttfa_seconds"), "p95"), (q(0.99, "voxmesh_ttfa_seconds"), "p99")], unit="s"),
+              [(rec("voxmesh_ttfa_seconds", 50), "p50"), (rec("voxmesh_ttfa_seconds", 95), "p95"), (rec("voxmesh_ttfa_seconds", 99), "p99")], unit="s"),
         Panel("Time to first audio distribution", "Is the latency one slow tail or two populations (e.g. cached vs uncached prompts, one slow pod)? Turns per latency bucket.",
               [(f"sum by (le) (increase(voxmesh_ttfa_seconds_bucket{{{NS}}}[{RI}]))", "{{le}}")], kind="heatmap", unit="s"),
         Row("By stage"),
         Panel("Stage latency p95", "Which stage of the turn grew when first audio got slower? p95 of each stage: end-of-turn decision, final transcript, first clause out of the orchestrator, LLM first token, TTS first chunk, and the end-to-end delay they lead to.",
-              [(q(0.95, m), label) for m, label in STAGES], unit="s", width=24),
+              [(rec(m, 95), label) for m, label in STAGES], unit="s", width=24),
         Panel("Mean time per stage", "Where does the time of an average turn go? Mean of each stage over the range. Stages overlap: end of turn and final transcript both start at the end of speech, and the LLM first token is inside the first clause.",
               [(mean(m), label) for m, label in STAGES], kind="bargauge", unit="s"),
         Panel("Stage latency p50", "The typical turn, stage by stage: a stage whose median moves is a steady cost, one whose p95 alone moves is queueing or a slow pod.",
-              [(q(0.5, m), label) for m, label in STAGES], unit="s"),
+              [(rec(m, 50), label) for m, label in STAGES], unit="s"),
         Panel("Interim transcript latency", "How soon after the user starts speaking does text arrive (what speculative work can start on)?",
-              [(q(0.5, "voxmesh_stt_interim_seconds"), "p50"), (q(0.95, "voxmesh_stt_interim_seconds"), "p95")], unit="s"),
+              [(rec("voxmesh_stt_interim_seconds", 50), "p50"), (rec("voxmesh_stt_interim_seconds", 95), "p95")], unit="s"),
         Panel("Barge-in stop and LLM cancel", "When interrupted, how fast does audio stop at the edge, and how fast does generation stop in the LLM pool (wasted GPU time)?",
-              [(q(0.5, "voxmesh_bargein_stop_seconds"), "audio stop p50"), (q(0.95, "voxmesh_bargein_stop_seconds"), "audio stop p95"),
-               (q(0.95, "voxmesh_llm_cancel_seconds"), "LLM cancel p95")], unit="s"),
+              [(rec("voxmesh_bargein_stop_seconds", 50), "audio stop p50"), (rec("voxmesh_bargein_stop_seconds", 95), "audio stop p95"),
+               (rec("voxmesh_llm_cancel_seconds", 95), "LLM cancel p95")], unit="s"),
         Panel("TTS realtime factor", "Does synthesis keep ahead of playback? Synthesis time over audio duration per clause; above 1 the agent stutters.",
               [(q(0.5, "voxmesh_tts_realtime_factor"), "p50"), (q(0.95, "voxmesh_tts_realtime_factor"), "p95")], unit="none",
               thresholds=[(0, "green"), (0.5, "yellow"), (1, "red")]),
@@ -131,7 +136,7 @@ SESSIONS = Dashboard(
     items=[
         Row("Sessions"),
         Panel("Active sessions", "How many conversations are live now (WebRTC sessions on all edge pods)?",
-              [(f"sum(voxmesh_active_sessions{{{NS}}})", "sessions")], kind="stat", width=6, height=4),
+              [(f"sum(voxmesh:active_sessions:sum{{{NS}}})", "sessions")], kind="stat", width=6, height=4),
         Panel("Sessions started per minute", "How fast are new conversations arriving?",
               [(rate("voxmesh_sessions_total", scale=" * 60"), "per min")], kind="stat", width=6, height=4),
         Panel("Interruptions per turn", "How often does the user talk over the agent? A rise after a release means the agent talks too long or end of turn fires too early.",
@@ -151,7 +156,7 @@ SESSIONS = Dashboard(
         Panel("Turns by outcome", "Do committed turns get answered (per second, by outcome)?",
               [(rate("voxmesh_turns_total", "outcome"), "{{outcome}}")], stack=True),
         Panel("Interruptions by kind", "What kind of barge-ins happen (per minute)? Real interruptions vs. false starts resumed after a cough or a backchannel.",
-              [(rate("voxmesh_interruptions_total", "kind", " * 60"), "{{kind}}")], stack=True),
+              [(f"sum by (kind) (voxmesh:interruptions:rate5m{{{NS}}}) * 60", "{{kind}}")], stack=True),
         Panel("End-of-turn decisions by reason", "Why turns end: the turn model, silence, or the max-silence cap (per minute). A shift to the cap means the turn model is unsure and users wait.",
               [(rate("voxmesh_eou_total", "reason", " * 60"), "{{reason}}")], stack=True),
         Panel("Tool calls by tool and outcome", "Which tools are called and do they succeed (per minute)?",
@@ -185,7 +190,7 @@ POOLS = Dashboard(
         Panel("STT decode time", "How long one Whisper decode takes (p95 by kind: interim or final); it grows when stt pods are CPU-starved.",
               [(q(0.95, "voxmesh_stt_decode_seconds", "kind"), "{{kind}} p95")], unit="s"),
         Panel("LLM time to first token", "Is the llm pool queueing? First-token p50/p95 rise together with the queue depth when it needs replicas.",
-              [(q(0.5, "voxmesh_llm_ttft_seconds"), "p50"), (q(0.95, "voxmesh_llm_ttft_seconds"), "p95")], unit="s"),
+              [(rec("voxmesh_llm_ttft_seconds", 50), "p50"), (rec("voxmesh_llm_ttft_seconds", 95), "p95")], unit="s"),
     ],
 )
 
