@@ -1,0 +1,61 @@
+"""A real browser: headless Chromium with a fake microphone fed from a WAV file
+opens the demo page, presses Talk, is heard, and plays the agent's reply."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+
+import pytest
+
+pytestmark = [pytest.mark.e2e, pytest.mark.browser]
+
+
+@pytest.fixture
+def browser(stack, tmp_path):
+    if not (shutil.which("chromium") and shutil.which("chromedriver")):
+        pytest.fail("chromium and chromium-driver are needed (apt-get install chromium chromium-driver)")
+    os.environ["SE_OFFLINE"] = "true"  # never let selenium try to download a driver
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    # 16-bit PCM with ~1 s of leading silence: Chromium starts capture a bit late.
+    wav = stack.speech("Where is my order four two one nine?", "browser", rate=48000, lead_silence=1.5, tail_silence=6.0)
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = shutil.which("chromium")
+    for flag in (
+        "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync",
+        "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+        f"--use-file-for-fake-audio-capture={wav}%noloop", "--allow-loopback-in-peer-connection",
+        "--autoplay-policy=no-user-gesture-required", f"--user-data-dir={tmp_path / 'profile'}",
+    ):
+        opts.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=opts)
+    yield driver
+    driver.quit()
+
+
+def test_demo_page_talks_to_the_agent(stack, browser):
+    browser.get(stack.edge_url + "/")
+    assert "voxmesh" in browser.title
+    browser.find_element("id", "talk").click()
+    deadline = time.monotonic() + 60
+    state = {}
+    while time.monotonic() < deadline:
+        state = browser.execute_script(
+            "return {status: document.querySelector('#status').textContent,"
+            " users: [...document.querySelectorAll('.msg.user:not(.interim)')].map(e => e.textContent),"
+            " agents: [...document.querySelectorAll('.msg.agent')].map(e => e.textContent),"
+            " audioFrames: window.voxmesh.audioStats.frames, peak: window.voxmesh.audioStats.peak}"
+        )
+        if state["agents"] and state["audioFrames"] > 30:
+            break
+        time.sleep(0.25)
+    print("browser state:", state)
+    assert state["users"], f"the user was not heard: {state}"
+    assert "order" in state["users"][0].lower()
+    assert state["agents"] and "order" in state["agents"][0].lower()
+    assert state["audioFrames"] > 30 and state["peak"] > 0.02, "no agent audio reached the page's audio element"
+    assert "first audio" in browser.find_element("css selector", ".msg.agent").text
