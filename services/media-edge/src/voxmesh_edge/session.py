@@ -61,8 +61,11 @@ class ReplyAudio:
 
 
 class EdgeSession:
-    def __init__(self, session_id: str, settings: EdgeSettings, upstreams: Upstreams, agent: str = "") -> None:
+    def __init__(self, session_id: str, settings: EdgeSettings, upstreams: Upstreams, agent: str = "", resumed: bool = False) -> None:
         self.id = session_id
+        # True when this PeerConnection continues an existing conversation
+        # (a client reconnecting after its edge was lost or drained).
+        self.resumed = resumed
         self.settings = settings
         self.up = upstreams
         self.agent = agent or settings.agent
@@ -305,7 +308,7 @@ class EdgeSession:
 
     async def _orchestrator_loop(self) -> None:
         attempt = 0
-        resumed = False
+        resumed = self.resumed
         while not self.closed.is_set():
             try:
                 await self._converse(resumed)
