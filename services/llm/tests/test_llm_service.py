@@ -238,6 +238,32 @@ async def test_prompt_prefix_is_reused_across_turns(llm_stub):
     assert warm < cold / 3, (cold, warm)
 
 
+async def test_interleaved_sessions_keep_their_prefix(llama_backend):
+    """Two conversations take turns on the one llama.cpp context; each session's KV
+    state is restored from the session cache, so the second turn of session A does
+    not re-evaluate A's history although B ran in between."""
+
+    async def ttft(session, messages):
+        params = GenerateParams(messages=tuple(messages), max_tokens=6, session_id=session,
+                                received_at=time.perf_counter())
+        t0 = time.perf_counter()
+        pieces = []
+        first = None
+        async for piece in llama_backend.generate(params):
+            first = first if first is not None else time.perf_counter() - t0
+            pieces.append(piece)
+        return first, "".join(x.text for x in pieces)
+
+    a = [Message("system", long_system_prompt(240)), Message("user", "A table for two, please.")]
+    b = [Message("system", long_system_prompt(240)), Message("user", "Do you have vegan dishes?")]
+    sa, sb = f"A-{uuid.uuid4().hex[:6]}", f"B-{uuid.uuid4().hex[:6]}"
+    cold_a, reply_a = await ttft(sa, a)
+    await ttft(sb, b)  # replaces A's prefix in the live context
+    warm_a, _ = await ttft(sa, [*a, Message("assistant", reply_a), Message("user", "At eight.")])
+    print(f"interleaved sessions: A cold TTFT {cold_a * 1000:.0f} ms, A next turn after B {warm_a * 1000:.0f} ms")
+    assert warm_a < cold_a / 3, (cold_a, warm_a)
+
+
 def test_service_process_serves_and_drains(tmp_path):
     """`python -m voxmesh_llm` reads its settings from the environment, serves
     Generate and /metrics, and exits cleanly on SIGTERM."""

