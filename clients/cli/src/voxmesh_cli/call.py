@@ -241,6 +241,10 @@ async def call(
             except asyncio.TimeoutError:
                 pass
         await asyncio.sleep(0.3)  # the last frames in flight
+        history = None
+        async with http.get(f"{url}{location}/history") as r:
+            if r.status == 200:
+                history = (await r.json())["history"]
         async with http.delete(f"{url}{location}") as r:
             await r.read()
     await pc.close()
@@ -260,6 +264,7 @@ async def call(
         "reply_wav": str(out_path),
         "server_ttfa_ms": [e["ttfa_ms"] for e in events if e["type"] == "latency"],
         "completed": time.monotonic() < deadline,
+        "history": history,
         "turns": [
             {"user": e["text"], "turn_id": e["turn_id"]} for e in events if e["type"] == "user_turn"
         ],

@@ -111,6 +111,23 @@ class Edge:
         metric("voxmesh_http_requests_total").labels(route=route, code="200").inc()
         return web.json_response({"session_id": sid, "closed": True})
 
+    async def history(self, request: web.Request) -> web.Response:
+        """The conversation as stored (what the agent will remember): for the
+        CLI's --json report and for debugging a session."""
+        import json as _json
+
+        import redis.asyncio as aioredis
+
+        sid = request.match_info["sid"]
+        if sid not in self.sessions:
+            return self._error(404, f"no session {sid} on this edge", "GET /v1/sessions/history")
+        client = aioredis.from_url(self.settings.redis_url, decode_responses=True)
+        try:
+            raw = await client.lrange(f"vm:s:{sid}:history", 0, -1)
+        finally:
+            await client.aclose()
+        return web.json_response({"session_id": sid, "history": [_json.loads(m) for m in raw]})
+
     async def index(self, request: web.Request) -> web.StreamResponse:
         return web.FileResponse(STATIC / "index.html")
 
@@ -152,6 +169,7 @@ class Edge:
         app.add_routes([
             web.post("/v1/sessions", self.create_session),
             web.delete("/v1/sessions/{sid}", self.delete_session),
+            web.get("/v1/sessions/{sid}/history", self.history),
             web.get("/", self.index),
             web.static("/static", STATIC),
             web.get("/metrics", self.metrics),
