@@ -283,6 +283,17 @@ def autoscaler_queries(docs) -> list[tuple[str, str]]:
     return out
 
 
+def prestop_metrics(docs) -> list[tuple[str, str]]:
+    """Metric names a preStop hook reads from /metrics (the edge's drain wait)."""
+    out = []
+    for w in workloads(docs):
+        for c in pod_spec(w)["containers"]:
+            cmd = " ".join(c.get("lifecycle", {}).get("preStop", {}).get("exec", {}).get("command", []))
+            for name in sorted(set(re.findall(r"\bvoxmesh_[a-z0-9_]+", cmd))):
+                out.append((f"preStop of {w['metadata']['name']}", name))
+    return out
+
+
 def adapter_queries() -> list[tuple[str, str]]:
     doc = yaml.safe_load((REPO / "deploy" / "prometheus-adapter" / "values.yaml").read_text())
     out = []
@@ -305,6 +316,10 @@ def chart_metric_references() -> list[tuple[str, str]]:
                 if item not in seen:
                     seen.add(item)
                     refs.append(item)
+        for item in prestop_metrics(docs):
+            if item not in seen:
+                seen.add(item)
+                refs.append(item)
         for item in autoscaler_queries(docs):
             if item not in seen:
                 seen.add(item)

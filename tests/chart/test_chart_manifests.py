@@ -134,10 +134,15 @@ def test_edge_drain_wiring(helm, variant):
     drain = float(env["VOXMESH_EDGE_DRAIN_GRACE_S"]["value"])
     script = "\n".join(c["lifecycle"]["preStop"]["exec"]["command"])
     port = env["VOXMESH_EDGE_PORT"]["value"]
-    assert f"http://127.0.0.1:{port}/v1/admin/drain" in script and 'method="POST"' in script
-    sleep = float(re.search(r"time\.sleep\(([\d.]+)\)", script).group(1))
+    assert f'base = "http://127.0.0.1:{port}"' in script
+    assert 'Request(base + "/v1/admin/drain", method="POST")' in script
+    # the preStop waits for the sessions up to the drain grace (+1 s) read from the env
+    assert 'os.environ.get("VOXMESH_EDGE_DRAIN_GRACE_S"' in script and "< grace + 1" in script
+    min_wait = float(re.search(r"min_wait = ([\d.]+)", script).group(1))
+    assert min_wait >= 1, "endpoint removal needs a moment before SIGTERM"
     grace = pod_spec(sts)["terminationGracePeriodSeconds"]
-    assert grace > drain + sleep, f"terminationGracePeriodSeconds {grace} <= drain {drain} + preStop {sleep}"
+    assert grace > drain + 1 + min_wait, f"terminationGracePeriodSeconds {grace} <= drain {drain} + preStop wait"
+    compile(script, "preStop", "exec")
     assert sts["spec"]["podManagementPolicy"] == "Parallel"
 
 
