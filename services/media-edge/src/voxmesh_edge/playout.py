@@ -77,6 +77,7 @@ class Playout:
         self._fade_in = False
         self._fade_out_pending = False
         self.on_stopped: Callable[[], None] | None = None  # called when a pause/flush made the output silent
+        self.on_output: Callable[[np.ndarray], None] | None = None  # every frame sent (the echo guard listens)
 
     @property
     def queued_ms(self) -> float:
@@ -201,6 +202,8 @@ class PlayoutTrack(MediaStreamTrack):
                 if late > 0.2:  # fell far behind (a stall): re-anchor instead of bursting
                     self._start = time.monotonic() - self._n * 0.020
         pcm = self.playout.next_frame()
+        if self.playout.on_output is not None:
+            self.playout.on_output(pcm)
         frame = AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout="mono")
         frame.sample_rate = WEBRTC_RATE
         frame.pts = self._n * WEBRTC_FRAME_SAMPLES

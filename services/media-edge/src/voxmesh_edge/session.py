@@ -28,6 +28,7 @@ from voxmesh.core.metrics import metric
 from voxmesh.v1 import orchestrator_pb2 as opb
 from voxmesh.v1 import stt_pb2, tts_pb2
 from voxmesh_edge.audio import STT_RATE, WEBRTC_RATE, Resampler, frame_to_mono
+from voxmesh_edge.echo import EchoGuard
 from voxmesh_edge.playout import Playout, PlayoutTrack, Segment
 from voxmesh_edge.settings import EdgeSettings
 from voxmesh_edge.upstreams import Upstreams
@@ -75,6 +76,9 @@ class EdgeSession:
         self.pc = RTCPeerConnection(_rtc_configuration(settings))
         self.playout = Playout(self._on_progress, self._on_first_audio, settings.fade_ms)
         self.playout.on_stopped = self._on_playout_stopped
+        self.echo = EchoGuard()
+        self.playout.on_output = self.echo.played
+        self._echo_utterances: set[int] = set()
         self.track = PlayoutTrack(self.playout)
         # Inbound audio, 16 kHz PCM, from the very first frame.
         self.inbound: asyncio.Queue[bytes | None] = asyncio.Queue()
@@ -92,6 +96,7 @@ class EdgeSession:
         self._last_speech_end: float | None = None
         self._bargein_t0: float | None = None
         self._ttfa_pending: float | None = None
+        self._hold: dict | None = None  # playout held while the user speaks over an idle edge
         self.stats = collections.Counter()
 
     # ---- signaling -----------------------------------------------------
@@ -270,8 +275,24 @@ class EdgeSession:
         kind = ev.WhichOneof("event")
         inner = getattr(ev, kind)
         inner.utterance_id = self._edge_utterance(inner.utterance_id, utt_map)
+        utt = inner.utterance_id
+        if kind == "speech_started" and self._is_echo_onset(inner.audio_offset_ms):
+            self._echo_utterances.add(utt)
+            metric("voxmesh_interruptions_total").labels(kind="echo").inc()
+            self.send_client({"type": "echo_ignored"})
+            return
+        if utt in self._echo_utterances:
+            if kind == "final" and not self._echo_text(inner.text):
+                # The user really spoke (double talk): let the turn through.
+                self._echo_utterances.discard(utt)
+            elif kind == "end_of_turn":
+                self._echo_utterances.discard(utt)
+                self._turn_open = None
+                return
+            else:
+                return
         if kind == "speech_started":
-            self._turn_open = inner.utterance_id
+            self._turn_open = utt
             self._on_speech_started(inner.audio_offset_ms)
             self.send_client({"type": "speech_started"})
         elif kind == "speech_stopped":
@@ -283,19 +304,54 @@ class EdgeSession:
             self.send_client({"type": "final", "text": inner.text})
         elif kind == "end_of_turn":
             self._turn_open = None
+            self._end_hold()
             self._ttfa_pending = self._last_speech_end
         await self.to_orchestrator.put(opb.EdgeEvent(speech=ev))
 
+    def _is_echo_onset(self, onset_ms: int) -> bool:
+        """An onset while agent audio is going out that correlates with it."""
+        if not self._reply_active() or not self.echo.recently_audible():
+            return False
+        start = onset_ms * STT_RATE // 1000 - self._turn_audio_start
+        mic = np.frombuffer(bytes(self._turn_audio), dtype="<i2")[max(0, start) :]
+        return self.echo.is_echo(mic[-STT_RATE // 2 :])
+
+    def _echo_text(self, text: str) -> bool:
+        """Second check on the words: an echo's transcript is the agent's own."""
+        said = [w.strip(".,!?").lower() for w in text.split() if w.strip(".,!?")]
+        if not said:
+            return True
+        agent = {w.strip(".,!?").lower() for r in self.replies.values() for c in r.clauses.values() for w in c.split()}
+        return sum(w in agent for w in said) / len(said) >= 0.7
+
+    def _reply_active(self) -> bool:
+        return self.playout.active_turn is not None or any(not r.all_played() for r in self.replies.values())
+
     def _on_speech_started(self, onset_ms: int) -> None:
-        """Barge-in, first step: stop agent audio now, without a round trip."""
-        if self.playout.active_turn is None and not any(not r.all_played() for r in self.replies.values()):
+        """Barge-in, first step: stop agent audio now, without a round trip.
+
+        With no reply under way, hold the playout anyway: a reply the
+        orchestrator is still generating must not start playing over the user.
+        The orchestrator decides (Interrupt or Resume) for a reply it had when
+        the user started; the hold on an idle edge ends with the user's turn."""
+        if not self._reply_active():
+            self._hold = {"turns": set()}
+            self.playout.pause()
             return
+        self._hold = None
         self._bargein_t0 = self._wall_at(onset_ms)
         paused = self.playout.pause()
         turn = self.playout.active_turn or next((t for t, r in self.replies.items() if not r.all_played()), "")
         self.to_orchestrator.put_nowait(opb.EdgeEvent(paused=opb.PlayoutPaused(turn_id=turn, audio_offset_ms=onset_ms)))
         if not paused:
             self._bargein_t0 = None
+
+    def _end_hold(self) -> None:
+        """The user's turn ended while we held an idle playout: if no reply
+        arrived meanwhile, there is nothing for the orchestrator to decide."""
+        if self._hold is not None and not self._hold["turns"]:
+            self.playout.resume()
+        self._hold = None
 
     def _on_playout_stopped(self) -> None:
         if self._bargein_t0 is not None:
@@ -350,6 +406,7 @@ class EdgeSession:
                 reply.requests.put_nowait(None)
                 self._maybe_reply_done(reply)
         elif kind == "interrupt":
+            self._hold = None
             turn = cmd.interrupt.turn_id
             self.playout.flush(turn)
             reply = self.replies.pop(turn, None)
@@ -359,6 +416,7 @@ class EdgeSession:
                     reply.task.cancel()
             self.send_client({"type": "interrupted", "turn_id": turn})
         elif kind == "resume":
+            self._hold = None
             self.playout.resume()
             self.send_client({"type": "resumed", "turn_id": cmd.resume.turn_id})
         elif kind == "user_turn":
@@ -369,6 +427,8 @@ class EdgeSession:
     def _say(self, say: opb.Say) -> None:
         reply = self.replies.get(say.turn_id)
         if reply is None:
+            if self._hold is not None:
+                self._hold["turns"].add(say.turn_id)
             reply = self.replies[say.turn_id] = ReplyAudio(say.turn_id)
             reply.task = spawn(self._synthesize(reply), self._tasks, f"tts-{say.turn_id}")
             # Forget finished replies so a long session does not grow.

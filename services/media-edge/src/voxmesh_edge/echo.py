@@ -1,0 +1,57 @@
+"""Echo guard: is a speech onset just the agent's own voice coming back?
+
+Browsers cancel most echo (the demo page asks for echoCancellation), but a
+speakerphone or a client without AEC leaks the agent's audio into the
+microphone, and the VAD then "hears the user" every time the agent talks. The
+edge is the one place that has both signals: what it played and what came
+back. At an onset it correlates the microphone audio since the onset with the
+agent audio played in the last moments (any delay up to `max_delay_s`); a
+strong match means echo, so the onset is not a barge-in.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+RATE = 16000
+
+
+class EchoGuard:
+    def __init__(self, history_s: float = 2.0, max_delay_s: float = 0.6, threshold: float = 0.55) -> None:
+        self._ref = np.zeros(int(history_s * RATE), np.float32)
+        self.max_delay = int(max_delay_s * RATE)
+        self.threshold = threshold
+        self._audible_ticks = 0
+
+    def played(self, pcm48: np.ndarray) -> None:
+        """Record one tick of output (48 kHz). Decimation without a filter is
+        enough for correlating speech envelopes and costs nothing per tick."""
+        x = pcm48[::3].astype(np.float32)
+        n = x.size
+        self._ref = np.roll(self._ref, -n)
+        self._ref[-n:] = x
+        self._audible_ticks = self._audible_ticks + 1 if pcm48.any() else max(0, self._audible_ticks - 1)
+
+    def recently_audible(self) -> bool:
+        return self._audible_ticks > 0 or bool(np.any(self._ref[-self.max_delay :]))
+
+    def similarity(self, mic16: np.ndarray) -> float:
+        """Peak normalized cross-correlation of `mic16` with the played audio at
+        any delay in [0, max_delay]: 1.0 is a perfect (scaled) copy."""
+        if mic16.size < RATE // 20 or not self.recently_audible():
+            return 0.0
+        mic = mic16.astype(np.float32)
+        mic = mic - mic.mean()
+        L = mic.size
+        ref = self._ref[-(L + self.max_delay) :]
+        if ref.size < L or not ref.any():
+            return 0.0
+        n = 1 << int(np.ceil(np.log2(ref.size + L)))
+        corr = np.fft.irfft(np.fft.rfft(ref, n) * np.conj(np.fft.rfft(mic, n)), n)[: ref.size - L + 1]
+        csum = np.concatenate([[0.0], np.cumsum(ref.astype(np.float64) ** 2)])
+        win_energy = csum[L:] - csum[:-L]
+        denom = np.sqrt(np.maximum(win_energy[: corr.size], 1e-9) * float(np.dot(mic, mic)) + 1e-9)
+        return float(np.max(np.abs(corr) / denom))
+
+    def is_echo(self, mic16: np.ndarray) -> bool:
+        return self.similarity(mic16) >= self.threshold
