@@ -59,11 +59,14 @@ async def test_bad_requests_get_clear_errors_and_the_edge_keeps_serving(client):
     assert 'voxmesh_http_requests_total{code="415",route="POST /v1/sessions"} 1.0' in metrics
 
 
-async def test_draining_edge_is_not_ready_and_takes_no_new_sessions(client):
+async def test_draining_edge_stays_routable_and_takes_no_new_sessions(client):
     assert (await client.get("/readyz")).status == 200
     client.edge.settings = EdgeSettings(drain_grace_s=0.1)
     await client.post("/v1/admin/drain")
-    assert (await client.get("/readyz")).status == 503
+    # Still ready-for-routing (peers forward its live sessions' signaling to it:
+    # a terminating+serving endpoint is a draining member), but it says it drains.
+    r = await client.get("/readyz")
+    assert r.status == 200 and (await r.json())["draining"] is True
     pc, sdp = await real_offer()
     r = await client.post("/v1/sessions", data=sdp, headers={"Content-Type": "application/sdp"})
     assert r.status == 503

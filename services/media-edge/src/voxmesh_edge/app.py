@@ -20,7 +20,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from voxmesh.core.logging import session_id_var
 from voxmesh.core.metrics import metric
 from voxmesh.core.settings import from_env
-from voxmesh.core.webrtc import configure_ice_hosts
+from voxmesh.core.webrtc import configure_ice_hosts, configure_ice_port_range
+from voxmesh_edge.routing import SESSION_ID_KEY, SessionRouter
 from voxmesh_edge.session import EdgeSession, SessionError
 from voxmesh_edge.settings import EdgeSettings
 from voxmesh_edge.upstreams import Upstreams
@@ -35,6 +36,8 @@ class Edge:
         self.sessions: dict[str, EdgeSession] = {}
         self.draining = False
         self.upstreams: Upstreams | None = None
+        # Placement and owner forwarding (voxmesh_edge.routing); set up on startup.
+        self.router: SessionRouter | None = None
 
     # ---- helpers ---------------------------------------------------------
 
@@ -56,7 +59,9 @@ class Edge:
             return self._error(415, f"Content-Type must be application/sdp, got {ctype or 'none'!r}", route)
         if request.content_length is not None and request.content_length > self.settings.max_sdp_bytes:
             return self._error(413, f"SDP offer larger than {self.settings.max_sdp_bytes} bytes", route)
-        body = await request.content.read(self.settings.max_sdp_bytes + 1)
+        # read(), not content.read(): the router may already have read (and cached)
+        # the body to forward it; client_max_size bounds it either way.
+        body = await request.read()
         if len(body) > self.settings.max_sdp_bytes:
             return self._error(413, f"SDP offer larger than {self.settings.max_sdp_bytes} bytes", route)
         try:
@@ -67,7 +72,8 @@ class Edge:
             return self._error(400, "malformed SDP offer: it must start with 'v=0'", route)
         if len(self.sessions) >= self.settings.max_sessions:
             return self._error(503, "edge at capacity", route)
-        sid = uuid.uuid4().hex
+        # The router chose the id (and claimed it for this edge) before we got here.
+        sid = request.get(SESSION_ID_KEY) or uuid.uuid4().hex
         session = EdgeSession(sid, self.settings, self.upstreams, agent=request.query.get("agent", ""))
         self.sessions[sid] = session
         try:
@@ -138,9 +144,11 @@ class Edge:
         return web.json_response({"ok": True})
 
     async def readyz(self, request: web.Request) -> web.Response:
-        if self.draining:
-            return web.json_response({"ready": False, "reason": "draining"}, status=503)
-        return web.json_response({"ready": True, "sessions": len(self.sessions)})
+        # A draining edge stays ready-for-routing: in Kubernetes that keeps it in
+        # the EndpointSlice as terminating+serving (a draining member), so peers
+        # can still forward its live sessions' signaling to it. It takes no new
+        # sessions (the router places them elsewhere) whatever the probe says.
+        return web.json_response({"ready": True, "draining": self.draining, "sessions": len(self.sessions)})
 
     async def drain_route(self, request: web.Request) -> web.Response:
         asyncio.get_running_loop().create_task(self.drain())
@@ -152,6 +160,8 @@ class Edge:
         if self.draining:
             return
         self.draining = True
+        if self.router is not None:
+            await self.router.draining_changed()
         log.info("draining", extra={"sessions": len(self.sessions), "grace_s": self.settings.drain_grace_s})
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.settings.drain_grace_s
@@ -165,7 +175,7 @@ class Edge:
     # ---- app ------------------------------------------------------------------
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=self.settings.max_sdp_bytes * 2)
+        app = web.Application(client_max_size=self.settings.max_sdp_bytes * 2, middlewares=[self._route])
         app.add_routes([
             web.post("/v1/sessions", self.create_session),
             web.delete("/v1/sessions/{sid}", self.delete_session),
@@ -181,12 +191,23 @@ class Edge:
         app.on_cleanup.append(self._cleanup)
         return app
 
+    @web.middleware
+    async def _route(self, request: web.Request, handler) -> web.StreamResponse:
+        if self.router is None:
+            return await handler(request)
+        return await self.router.middleware(request, handler)
+
     async def _startup(self, app: web.Application) -> None:
         configure_ice_hosts(self.settings.ice_hosts)
+        configure_ice_port_range(self.settings.ice_port_min, self.settings.ice_port_max)
         self.upstreams = Upstreams(self.settings)
+        self.router = SessionRouter(self.settings, lambda: self.sessions, lambda: self.draining)
+        await self.router.start()
 
     async def _cleanup(self, app: web.Application) -> None:
         await asyncio.gather(*(s.close() for s in list(self.sessions.values())), return_exceptions=True)
+        if self.router is not None:
+            await self.router.close()
         if self.upstreams:
             await self.upstreams.close()
 

@@ -97,6 +97,9 @@ class EdgeSession:
         self._bargein_t0: float | None = None
         self._ttfa_pending: float | None = None
         self._hold: dict | None = None  # playout held while the user speaks over an idle edge
+        # The agent's turn settings and voice, from the orchestrator's first command.
+        self.session_config: opb.SessionConfig | None = None
+        self._configured = asyncio.Event()
         self.stats = collections.Counter()
 
     # ---- signaling -----------------------------------------------------
@@ -214,6 +217,13 @@ class EdgeSession:
     # ---- stt ----------------------------------------------------------------
 
     async def _stt_loop(self) -> None:
+        # The turn settings come with the orchestrator's first command; the
+        # caller's audio queues meanwhile (nothing is lost). Without an answer
+        # in time, the stt defaults apply.
+        try:
+            await asyncio.wait_for(self._configured.wait(), self.settings.config_wait_s)
+        except asyncio.TimeoutError:
+            log.warning("no session config from the orchestrator; stt defaults apply")
         attempt = 0
         while not self.closed.is_set():
             try:
@@ -242,6 +252,8 @@ class EdgeSession:
             session_id=self.id, sample_rate=STT_RATE, language="en",
             stream_offset_ms=replay_start * 1000 // STT_RATE, interim_results=True,
         )
+        if self.session_config is not None:
+            config.turn.CopyFrom(self.session_config.turn)
 
         async def requests():
             yield stt_pb2.TranscribeRequest(config=config)
@@ -397,7 +409,10 @@ class EdgeSession:
 
     async def _on_command(self, cmd: opb.AgentCommand) -> None:
         kind = cmd.WhichOneof("command")
-        if kind == "say":
+        if kind == "session_config":
+            self.session_config = cmd.session_config
+            self._configured.set()
+        elif kind == "say":
             self._say(cmd.say)
         elif kind == "end_of_reply":
             reply = self.replies.get(cmd.end_of_reply.turn_id)
@@ -440,7 +455,8 @@ class EdgeSession:
 
     async def _synthesize(self, reply: ReplyAudio) -> None:
         async def requests():
-            yield tts_pb2.SynthesizeRequest(config=tts_pb2.SynthesizeConfig(session_id=self.id))
+            voice = self.session_config.voice if self.session_config else ""
+            yield tts_pb2.SynthesizeRequest(config=tts_pb2.SynthesizeConfig(session_id=self.id, voice=voice))
             while (clause := await reply.requests.get()) is not None:
                 yield tts_pb2.SynthesizeRequest(clause=clause)
 

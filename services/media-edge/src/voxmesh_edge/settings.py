@@ -28,4 +28,44 @@ class EdgeSettings:
     playback_report_ms: int = 100
     # Fade applied when playout pauses, resumes or is flushed (no clicks).
     fade_ms: int = 8
+
+    # ---- session routing (docs/capacity.md, "Session routing") ----
+    # This edge's member name: the StatefulSet pod name in a cluster. The ring
+    # hashes names, not addresses, so a restarted pod keeps its keys.
     pod_name: str = "edge-0"
+    # How long a new session waits for the agent's turn settings before it
+    # opens its stt stream with the stt defaults (audio is queued, not lost).
+    config_wait_s: float = 2.0
+    # "static": the members below (empty = this edge alone at advertise_host:port,
+    # so one local edge needs no configuration); "kubernetes": the ready and
+    # draining endpoints of `service_name` from its EndpointSlices.
+    membership: str = "static"
+    members: tuple[str, ...] = ()      # name=host:port,... (static); must include pod_name
+    advertise_host: str = "127.0.0.1"  # where peers reach this edge's HTTP port (static, no members)
+    service_name: str = "media-edge"   # headless Service whose EndpointSlices list the edges
+    namespace: str = ""                # "" = the pod's own namespace (service account)
+    service_port_name: str = "http"    # EndpointSlice port forwarded signaling goes to
+    # Owner record lease in Redis, refreshed every owner_refresh_s (0 = ttl/3).
+    # A crashed edge's sessions can be taken over by a reconnect once their
+    # lease ran out (at once, when the edge has left the membership).
+    owner_ttl_s: float = 30.0
+    owner_refresh_s: float = 0.0
+    # Bounded-load placement: no edge gets a new session while it holds more than
+    # max(ceil(mean), factor x mean) of the live sessions (Ring.assign).
+    balance_factor: float = 1.05
+    # Forwarding signaling to the owner edge. A peer that does not connect within
+    # the connect timeout is skipped for new sessions for suspect_s.
+    forward_timeout_s: float = 10.0
+    forward_connect_timeout_s: float = 1.0
+    suspect_s: float = 5.0
+    # When set, forwarded requests must carry it (X-Voxmesh-Forward-Token), so a
+    # client cannot pose as a peer edge.
+    forward_secret: str = ""
+    redis_timeout_s: float = 2.0
+
+    # ---- media ----
+    # UDP ports for ICE host candidates, inclusive (0, 0 = any ephemeral port).
+    # A cluster opens this range in its firewall / hostNetwork node; each
+    # session takes one port per ICE host address.
+    ice_port_min: int = 0
+    ice_port_max: int = 0
