@@ -263,6 +263,13 @@ async def test_interleaved_sessions_keep_their_prefix(llama_backend):
     print(f"interleaved sessions: A cold TTFT {cold_a * 1000:.0f} ms, A next turn after B {warm_a * 1000:.0f} ms")
     assert warm_a < cold_a / 3, (cold_a, warm_a)
 
+    # A new session of the same agent (A's system prompt) starts from A's cached
+    # state: only its own first user message is evaluated.
+    await ttft(sb, [*b, Message("assistant", "Yes."), Message("user", "Great.")])  # B live again
+    new_c, _ = await ttft(f"C-{uuid.uuid4().hex[:6]}", [a[0], Message("user", "Is there parking nearby?")])
+    print(f"new session sharing A's system prompt: TTFT {new_c * 1000:.0f} ms")
+    assert new_c < cold_a / 3, (cold_a, new_c)
+
 
 def test_service_process_serves_and_drains(tmp_path):
     """`python -m voxmesh_llm` reads its settings from the environment, serves

@@ -14,8 +14,9 @@ share the whole history as a prefix, so only the new message is evaluated. The
 sliced prefill below keeps that: it starts at the common prefix too. The single
 context holds one conversation at a time, so after each request the KV state of its
 session is copied out (llama_state_seq_get_data, a few ms) into a RAM cache, and a
-request whose session has a longer cached prefix than the live context gets it copied
-back in before prefill. At cluster scale the router's session affinity and a vLLM
+request for which a cached state shares a longer prefix than the live context gets
+it copied back in before prefill: its own session's last turn, or, for a new
+session, another session of the same agent (same system prompt). At cluster scale the router's session affinity and a vLLM
 backend (paged prefix cache) take over.
 """
 
@@ -36,6 +37,8 @@ import threading
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+
+import numpy as np
 
 from voxmesh.core.metrics import metric
 
@@ -70,7 +73,7 @@ def packaged_model() -> pathlib.Path:
 
 @dataclass
 class _SessionState:
-    tokens: list[int]  # what the KV state holds, in order
+    tokens: np.ndarray  # what the KV state holds, in order (intc)
     data: bytes  # llama_state_seq_get_data of sequence 0
 
 
@@ -381,11 +384,8 @@ class LlamaCppBackend(LlmBackend):
         """Evaluate the prompt after its cached prefix, in slices with a cancel check
         between them; leave the last token to generate(), which must decode it to get
         fresh logits. False if cancelled."""
-        from llama_cpp import Llama
-
         llm = self._llm
-        cached = llm.input_ids[: llm.n_tokens].tolist()
-        keep = min(Llama.longest_token_prefix(cached, tokens), len(tokens) - 1)
+        keep = min(_common_prefix(llm.input_ids[: llm.n_tokens], np.asarray(tokens, dtype=np.intc)), len(tokens) - 1)
         llm.n_tokens = keep  # eval() drops the KV entries from n_tokens on
         i, end = keep, len(tokens) - 1
         while i < end:
@@ -496,34 +496,48 @@ class LlamaCppBackend(LlmBackend):
         old = self._sessions.pop(session_id, None)
         if old is not None:
             self._sessions_bytes -= len(old.data)
-        self._sessions[session_id] = _SessionState(llm.input_ids[: llm.n_tokens].tolist(), ctypes.string_at(buf, n))
+        self._sessions[session_id] = _SessionState(llm.input_ids[: llm.n_tokens].copy(), ctypes.string_at(buf, n))
         self._sessions_bytes += n
         while self._sessions_bytes > budget:
             _, dropped = self._sessions.popitem(last=False)
             self._sessions_bytes -= len(dropped.data)
 
     def _restore_session(self, session_id: str, tokens: list[int]) -> None:
+        """Load the cached KV state that shares the longest prefix with `tokens` when
+        it beats the live context: this session's own last state, or another
+        session's (a new conversation with the same agent shares its system prompt)."""
         import llama_cpp
-        from llama_cpp import Llama
 
-        state = self._sessions.get(session_id)
-        if state is None:
+        if not self._sessions:
             return
-        self._sessions.move_to_end(session_id)
         llm = self._llm
-        live = Llama.longest_token_prefix(llm.input_ids[: llm.n_tokens].tolist(), tokens)
-        cached = Llama.longest_token_prefix(state.tokens, tokens)
-        if cached < live + self._restore_min_gain:
+        want = np.asarray(tokens, dtype=np.intc)
+        live = _common_prefix(llm.input_ids[: llm.n_tokens], want)
+        best_id, best = None, live + self._restore_min_gain - 1
+        for sid, state in self._sessions.items():
+            n = _common_prefix(state.tokens, want)
+            if n > best or (n == best and sid == session_id):
+                best_id, best = sid, n
+        if best_id is None:
             return  # the live context is as good (usually: the same session again)
+        state = self._sessions[best_id]
+        self._sessions.move_to_end(best_id)
         buf = (ctypes.c_uint8 * len(state.data)).from_buffer_copy(state.data)
         if llama_cpp.llama_state_seq_set_data(llm._ctx.ctx, buf, len(state.data), 0):
             llm.input_ids[: len(state.tokens)] = state.tokens
             llm.n_tokens = len(state.tokens)
+            log.debug("session KV restored", extra={"from_own": best_id == session_id, "prefix": best})
         else:  # a failed restore leaves sequence 0 undefined: start from empty
             log.warning("session KV restore failed", extra={"tokens": len(state.tokens)})
             llm.n_tokens = 0
-            self._sessions.pop(session_id, None)
+            self._sessions.pop(best_id, None)
             self._sessions_bytes -= len(state.data)
+
+
+def _common_prefix(a: np.ndarray, b: np.ndarray) -> int:
+    n = min(len(a), len(b))
+    diff = np.flatnonzero(a[:n] != b[:n])
+    return int(diff[0]) if len(diff) else n
 
 
 def _stop_prefix_len(text: str, stops: list[str]) -> int:
