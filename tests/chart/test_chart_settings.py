@@ -26,12 +26,10 @@ SETTINGS = {
 }
 
 # In the services' contract but not read yet: the cluster backends of a later issue
-# (vLLM, Coqui) and the edge's cluster membership and UDP port range.
+# (vLLM, Coqui).
 PENDING = {
     "VOXMESH_LLM_VLLM_MODEL", "VOXMESH_LLM_VLLM_GPU_MEMORY_UTILIZATION", "VOXMESH_LLM_VLLM_MAX_MODEL_LEN",
     "VOXMESH_LLM_VLLM_ENABLE_PREFIX_CACHING", "VOXMESH_TTS_COQUI_MODEL_DIR",
-    "VOXMESH_EDGE_MEMBERSHIP", "VOXMESH_EDGE_SERVICE_NAME", "VOXMESH_EDGE_NAMESPACE",
-    "VOXMESH_EDGE_ICE_PORT_MIN", "VOXMESH_EDGE_ICE_PORT_MAX",
 }
 
 

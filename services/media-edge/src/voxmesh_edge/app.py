@@ -21,7 +21,7 @@ from voxmesh.core.logging import session_id_var
 from voxmesh.core.metrics import metric
 from voxmesh.core.settings import from_env
 from voxmesh.core.webrtc import configure_ice_hosts, configure_ice_port_range
-from voxmesh_edge.routing import SESSION_ID_KEY, SessionRouter
+from voxmesh_edge.routing import RESUMED_KEY, SESSION_ID_KEY, SessionRouter
 from voxmesh_edge.session import EdgeSession, SessionError
 from voxmesh_edge.settings import EdgeSettings
 from voxmesh_edge.upstreams import Upstreams
@@ -74,16 +74,27 @@ class Edge:
             return self._error(503, "edge at capacity", route)
         # The router chose the id (and claimed it for this edge) before we got here.
         sid = request.get(SESSION_ID_KEY) or uuid.uuid4().hex
-        session = EdgeSession(sid, self.settings, self.upstreams, agent=request.query.get("agent", ""))
+        # A reconnect of a session this edge holds: the new PeerConnection replaces
+        # the old one once it is accepted (the old one stays if the offer fails).
+        previous = self.sessions.get(sid)
+        resumed = previous is not None or bool(request.get(RESUMED_KEY))
+        session = EdgeSession(sid, self.settings, self.upstreams, agent=request.query.get("agent", ""), resumed=resumed)
         self.sessions[sid] = session
+
+        def undo() -> None:
+            if previous is not None:
+                self.sessions[sid] = previous
+            else:
+                self.sessions.pop(sid, None)
+
         try:
             answer = await session.accept(offer)
         except SessionError as exc:
-            self.sessions.pop(sid, None)
+            undo()
             await session.close()
             return self._error(400, str(exc), route)
         except Exception:
-            self.sessions.pop(sid, None)
+            undo()
             await session.close()
             log.exception("session setup failed")
             return self._error(500, "session setup failed", route)
@@ -93,6 +104,8 @@ class Edge:
         metric("voxmesh_sessions_total").labels(outcome="created").inc()
         metric("voxmesh_http_requests_total").labels(route=route, code="201").inc()
         asyncio.get_running_loop().create_task(self._reap(session))
+        if previous is not None:
+            asyncio.get_running_loop().create_task(previous.close())
         log.info("session created", extra={"session": sid})
         return web.Response(
             status=201, text=answer, content_type="application/sdp",

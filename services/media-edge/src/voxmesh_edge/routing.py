@@ -71,6 +71,8 @@ RESUME_HEADER = "X-Voxmesh-Resume"
 
 # The request key a create handler reads its session id from.
 SESSION_ID_KEY = web.RequestKey("voxmesh_session_id", str)
+# Set when the create continues an existing session (a resume token named it).
+RESUMED_KEY = web.RequestKey("voxmesh_resumed", bool)
 
 _SESSION_PATH = re.compile(r"^/v1/sessions/([^/]+)(?:/.*)?$")
 _REQUEST_HEADERS = ("Content-Type", "Accept", "Authorization", "If-Match", "If-None-Match", RESUME_HEADER)
@@ -226,6 +228,7 @@ class SessionRouter:
         previous: str | None = None
         if resume:
             owner = await self._owner_of(resume)
+            request[RESUMED_KEY] = True
             if owner == self.name or resume in self._sessions():
                 request[SESSION_ID_KEY] = resume
                 return await self._serve_new(request, handler, resume, previous=None)
@@ -266,7 +269,10 @@ class SessionRouter:
 
     async def _create_here(self, request: web.Request, handler) -> web.StreamResponse:
         """A create another edge placed here: serve it with the id it chose."""
-        sid = request.headers.get(PLACE_SESSION) or self.resume_session_id(request) or uuid.uuid4().hex
+        resume = self.resume_session_id(request)
+        if resume:
+            request[RESUMED_KEY] = True
+        sid = request.headers.get(PLACE_SESSION) or resume or uuid.uuid4().hex
         if self._is_draining():
             return self._mark(web.json_response({"error": "this edge is draining"}, status=503))
         request[SESSION_ID_KEY] = sid
