@@ -155,6 +155,11 @@ class Recorder:
                 return start
         return None
 
+    def offset_at(self, t: float) -> float:
+        """Seconds into the recording at arrival time t."""
+        n = sum(c.size for ts, c in self.chunks if ts < t)
+        return n / RATE
+
     def audio(self) -> np.ndarray:
         return np.concatenate([c for _, c in self.chunks]) if self.chunks else np.zeros(0, np.int16)
 
@@ -272,5 +277,7 @@ async def call(
     if barge_in:
         stop = recorder.silent_from(bargein_onset) if bargein_onset else None
         result["bargein_stop_ms"] = round((stop - bargein_onset) * 1000) if stop and bargein_onset else None
+        # Where in reply_wav the interrupted agent audio ends (what the caller heard of it).
+        result["agent_audio_until_s"] = recorder.offset_at(stop) if stop else None
         result["interrupted"] = [e["turn_id"] for e in events if e["type"] == "interrupted"]
     return result
