@@ -271,6 +271,26 @@ async def test_interleaved_sessions_keep_their_prefix(llama_backend):
     assert new_c < cold_a / 3, (cold_a, new_c)
 
 
+async def test_closing_the_backend_ends_running_and_queued_requests():
+    """On shutdown the running request and the queued ones end with "cancelled" (the
+    caller still listens and learns why), and new ones are refused."""
+    from voxmesh_llm.backends.base import Overloaded
+    from voxmesh_llm.backends.llama_cpp import LlamaCppBackend
+    from voxmesh_llm.settings import LlmSettings
+
+    backend = LlamaCppBackend(LlmSettings(metrics_port=0, n_ctx=512))
+    await backend.start()
+    running = backend.generate(GenerateParams(messages=(Message("user", "Sing."),), max_tokens=400, grammar=ENDLESS))
+    assert (await anext(running)).text
+    queued = backend.generate(GenerateParams(messages=(Message("user", "Hi"),), max_tokens=5))
+    await backend.close()
+    rest = [p async for p in running]
+    assert rest[-1].finish_reason == "cancelled"
+    assert [p.finish_reason async for p in queued] == ["cancelled"]
+    with pytest.raises(Overloaded):
+        await anext(backend.generate(GenerateParams(messages=(Message("user", "Hi"),), max_tokens=5)))
+
+
 def test_service_process_serves_and_drains(tmp_path):
     """`python -m voxmesh_llm` reads its settings from the environment, serves
     Generate and /metrics, and exits cleanly on SIGTERM."""

@@ -274,9 +274,16 @@ class LlamaCppBackend(LlmBackend):
                     job = self._jobs.get_nowait()
                 except queue.Empty:
                     break
-                if job is not None and job.state == "queued":
-                    job.emit(Piece("", finish_reason="cancelled"))
-                    job.finish()
+                if job is None:
+                    continue
+                with self._lock:
+                    if job.state != "queued":
+                        continue
+                    job.state = "done"
+                    self._waiting -= 1
+                    self._queue_depth.dec()
+                job.emit(Piece("", finish_reason="cancelled"))
+                job.finish()
             if self._llm is not None:
                 self._llm.close()
 
