@@ -34,7 +34,26 @@ class InMemorySessionStoreDouble:
     async def history(self, sid):
         return [json.loads(json.dumps(m)) for m in self.histories.get(sid, [])]
 
-    async def commit_message(self, sid, turn_id, message, **state):
+    async def take_over(self, sid, replica):
+        self.meta.setdefault(sid, {})["orchestrator"] = replica
+        self.epochs = getattr(self, "epochs", {})
+        self.epochs[sid] = self.epochs.get(sid, 0) + 1
+        return self.epochs[sid]
+
+    async def begin_reply(self, sid, reply_turn, epoch=None):
+        st = self.state.setdefault(sid, {})
+        for f in [f for f in st if f[:2] in ("c:", "p:", "h:")]:
+            del st[f]
+        st.update(reply_turn=reply_turn, reply_status="generating")
+
+    async def set_reply(self, sid, reply_turn, fields, epoch=None):
+        st = self.state.setdefault(sid, {})
+        if st.get("reply_turn") != reply_turn:
+            return False
+        st.update({k: str(v) for k, v in fields.items()})
+        return True
+
+    async def commit_message(self, sid, turn_id, message, epoch=None, **state):
         if turn_id in self.turns.setdefault(sid, set()):
             return False
         self.turns[sid].add(turn_id)

@@ -14,14 +14,24 @@ Turn protocol (docs/architecture.md):
   paused its playout. Words (at least `min_words`, not a backchannel) confirm
   the interruption: Interrupt, cancel the llm, cut the assistant message to the
   heard text. No words within the timeout, or only a backchannel: Resume.
+
+Recovery (docs/recovery.md): any replica can take a session over from Redis.
+The reply in flight is recorded as it goes (each clause before it is sent,
+each clause's heard offset as reported), so a replica that takes over mid-reply
+finishes it exactly once: it re-sends the recorded clauses the user has not
+heard whole (the edge ignores the ones it already has), regenerates the reply
+deterministically and sends only the clauses after the recorded ones, then
+commits it. A committed user turn with no reply recorded is answered from the
+start. Speech events of a turn already committed (an edge replaying what it
+could not confirm) are ignored, so a turn is never answered twice.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
+import zlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -31,6 +41,7 @@ from voxmesh.v1 import orchestrator_pb2 as opb
 
 from voxmesh_orchestrator.agent import AgentConfig
 from voxmesh_orchestrator.clauses import ClauseChunker, speakable
+from voxmesh_orchestrator.store import Superseded, saved_reply
 from voxmesh_orchestrator.tools import Tool, ToolCall, describe_result, parse_call, routing_grammar, routing_prompt
 
 log = logging.getLogger(__name__)
@@ -72,13 +83,23 @@ class Reply:
         return self.generation_done and all(c in self.played for c in self.clauses)
 
 
+class _Diverged(Exception):
+    """A regenerated reply differs from the clauses recorded before a takeover."""
+
+
+def utterance_of(turn_id: str) -> int:
+    """The edge utterance id in a user turn id ("u1795707959606")."""
+    return int(turn_id[1:]) if turn_id[1:].isdigit() else 0
+
+
 def words_of(text: str) -> list[str]:
     return [w.strip(".,!?;:").lower() for w in text.split() if w.strip(".,!?;:")]
 
 
 class Conversation:
-    def __init__(self, session_id: str, agent: AgentConfig, tools: list[Tool], store, llm, send: Send) -> None:
+    def __init__(self, session_id: str, agent: AgentConfig, tools: list[Tool], store, llm, send: Send, replica: str = "") -> None:
         self.sid = session_id
+        self.replica = replica
         self.agent = agent
         self.tools = tools
         self.store = store
@@ -90,33 +111,90 @@ class Conversation:
         self._bargein: dict | None = None  # {utterance_id, timer, words}
         self._lock = asyncio.Lock()
         self._tool_cache: dict[str, asyncio.Task] = {}
+        # Fencing epoch from take_over: every commit carries it, so a replica
+        # that lost the session to a newer stream cannot write.
+        self.epoch: int | None = None
+        # Utterances up to this id belong to committed turns: their speech
+        # events (an edge replaying what it could not confirm) are ignored.
+        self._floor = 0
+        # Set when another stream took the session over (the server ends ours).
+        self.superseded = asyncio.Event()
 
     # ---- lifecycle -------------------------------------------------------
 
     async def start(self, resumed: bool) -> None:
         existed = await self.store.ensure_session(self.sid, self.agent.name)
+        self.epoch = await self.store.take_over(self.sid, self.replica)
         if existed or resumed:
-            metric("voxmesh_session_recoveries_total").labels(component="orchestrator").inc()
+            # Counted as a recovery by the edge, where it completes.
             await self._resume_pending()
         elif self.agent.greeting:
             self.reply = Reply(turn_id="a0", user_turn_id="")
-            self.reply.task = spawn(self._speak_fixed(self.reply, self.agent.greeting), self._tasks, "greeting")
+            self.reply.task = self._spawn_reply(self._speak_fixed(self.reply, self.agent.greeting), "greeting")
 
     async def close(self) -> None:
         await cancel_all(self._tasks)
 
+    def busy(self) -> bool:
+        """A reply is under way (a draining replica hands the session off once idle)."""
+        return self.reply is not None or self._bargein is not None
+
+    def _spawn_reply(self, coro, name: str) -> asyncio.Task:
+        async def guarded() -> None:
+            try:
+                await coro
+            except Superseded:
+                log.warning("session taken over by another stream; stopping here")
+                self.superseded.set()
+
+        return spawn(guarded(), self._tasks, name)
+
     async def _resume_pending(self) -> None:
-        """A committed user turn whose answer never reached history is answered
-        now, exactly once (the reply commit is idempotent by turn id)."""
+        """Take over the latest turn from Redis, exactly once:
+
+        - user turn committed, no reply recorded: answer it now;
+        - reply recorded but not finished (this replica's predecessor died
+          mid-generation): continue it (see `_generate`);
+        - reply finished but not all heard (the edge may still be playing it, or
+          a new edge has nothing of it): re-send the clauses not played whole;
+        - reply heard or interrupted: nothing to do."""
         state = await self.store.turn_state(self.sid)
         user_turn = state.get("user_turn", "")
-        if not user_turn or await self.store.is_committed(self.sid, "a" + user_turn[1:]):
+        self._floor = utterance_of(user_turn)
+        if not user_turn:
+            return
+        reply_turn = "a" + user_turn[1:]
+        saved = saved_reply(state)
+        if saved.turn_id != reply_turn:
+            saved = saved_reply({})
+        if saved.status in ("played", "interrupted"):
+            return
+        reply = Reply(turn_id=reply_turn, user_turn_id=user_turn, clauses=dict(saved.clauses),
+                      heard_chars=dict(saved.heard), played=set(saved.played))
+        if await self.store.is_committed(self.sid, reply_turn):
+            if not reply.clauses or all(c in reply.played for c in reply.clauses):
+                return
+            log.info("re-sending the unheard part of a finished reply", extra={"turn_id": reply_turn})
+            reply.generation_done = reply.committed = True
+            self.reply = reply
+            reply.task = self._spawn_reply(self._resend(reply, end=True), f"resend-{reply_turn}")
             return
         history = await self.store.history(self.sid)
         text = next((m["content"] for m in reversed(history) if m.get("turn_id") == user_turn), "")
         if text:
-            log.info("answering a committed turn left unanswered", extra={"turn_id": user_turn})
-            self._start_reply(user_turn, text)
+            log.info("answering a committed turn left unanswered", extra={"turn_id": user_turn, "clauses_recorded": len(reply.clauses)})
+            self.reply = reply
+            reply.task = self._spawn_reply(self._generate(reply, text), f"reply-{reply.turn_id}")
+
+    async def _resend(self, reply: Reply, end: bool = False) -> None:
+        """Say again the recorded clauses not played whole; the edge ignores a
+        clause it already has, a new edge plays them (a clause heard in part is
+        said again from its start)."""
+        for cid in sorted(reply.clauses):
+            if cid not in reply.played:
+                await self.send(opb.AgentCommand(say=opb.Say(turn_id=reply.turn_id, clause_id=cid, text=reply.clauses[cid])))
+        if end:
+            await self.send(opb.AgentCommand(end_of_reply=opb.EndOfReply(turn_id=reply.turn_id)))
 
     # ---- events from the edge ---------------------------------------------
 
@@ -131,6 +209,8 @@ class Conversation:
 
     async def _on_speech(self, ev) -> None:
         kind = ev.WhichOneof("event")
+        if getattr(ev, kind).utterance_id <= self._floor:
+            return  # a turn already committed, replayed by the edge after a reconnect
         if kind == "speech_started":
             self._on_speech_started(ev.speech_started.utterance_id)
         elif kind == "interim":
@@ -206,12 +286,13 @@ class Conversation:
         async with self._lock:
             if reply.committed:
                 await self.store.cut_assistant(self.sid, reply.turn_id, heard)
+                await self.store.set_reply(self.sid, reply.turn_id, {"reply_status": "interrupted"}, epoch=self.epoch)
             else:
                 reply.committed = True
                 await self.store.commit_message(
                     self.sid, reply.turn_id,
                     {"role": "assistant", "content": heard, "interrupted": True, "generated": reply.text()},
-                    reply_turn=reply.turn_id, state="interrupted",
+                    epoch=self.epoch, reply_turn=reply.turn_id, state="interrupted", reply_status="interrupted",
                 )
         log.info("interrupted", extra={"turn_id": reply.turn_id, "heard_chars": len(heard)})
 
@@ -236,8 +317,9 @@ class Conversation:
             await self._interrupt("confirmed")
         user_turn = f"u{utterance_id}"
         committed = await self.store.commit_message(
-            self.sid, user_turn, {"role": "user", "content": text}, user_turn=user_turn, state="thinking"
+            self.sid, user_turn, {"role": "user", "content": text}, epoch=self.epoch, user_turn=user_turn, state="thinking"
         )
+        self._floor = max(self._floor, utterance_id)
         if not committed:
             return  # a replayed EndOfTurn: already answered or being answered
         metric("voxmesh_turns_total").labels(outcome="committed").inc()
@@ -249,12 +331,13 @@ class Conversation:
         if reply is None or pb.turn_id != reply.turn_id:
             return
         reply.heard_chars[pb.clause_id] = max(reply.heard_chars.get(pb.clause_id, 0), pb.heard_chars)
+        fields: dict[str, str | int] = {f"h:{pb.clause_id}": reply.heard_chars[pb.clause_id]}
         if pb.clause_done:
             reply.played.add(pb.clause_id)
-        await self.store.set_turn_state(
-            self.sid, reply_turn=reply.turn_id, heard=json.dumps({"clause": pb.clause_id, "chars": pb.heard_chars, "ms": pb.played_ms})
-        )
+            fields[f"p:{pb.clause_id}"] = 1
+        await self.store.set_reply(self.sid, reply.turn_id, fields, epoch=self.epoch)
         if reply.fully_played() and reply.committed:
+            await self.store.set_reply(self.sid, reply.turn_id, {"reply_status": "played"}, epoch=self.epoch)
             await self.store.set_turn_state(self.sid, state="listening")
             self.reply = None
 
@@ -263,7 +346,7 @@ class Conversation:
     def _start_reply(self, user_turn: str, text: str) -> None:
         reply = Reply(turn_id="a" + user_turn[1:], user_turn_id=user_turn)
         self.reply = reply
-        reply.task = spawn(self._generate(reply, text), self._tasks, f"reply-{reply.turn_id}")
+        reply.task = self._spawn_reply(self._generate(reply, text), f"reply-{reply.turn_id}")
 
     async def _prompt(self, user_turn: str, tool_notes: list[tuple[Tool, ToolCall, str]]) -> list[dict]:
         """System prompt and tool demonstrations first, always the same, so the
@@ -356,8 +439,21 @@ class Conversation:
         return result
 
     async def _generate(self, reply: Reply, text: str) -> None:
+        """Generate, cut into clauses, record each clause, then send it.
+
+        `reply.clauses` holds the clauses recorded before a takeover (empty for
+        a new reply): they are re-sent where unplayed, and the regenerated reply
+        (same prompt, greedy or seeded by turn id, so the same text) is checked
+        against them and only its later clauses are sent. If it differs, the
+        recorded clauses are the reply: they end on a clause boundary and the
+        user may have heard them, so nothing is said twice."""
         loop = asyncio.get_running_loop()
         t0 = loop.time()
+        recorded = dict(reply.clauses)
+        if recorded:
+            await self._resend(reply)
+        else:
+            await self.store.begin_reply(self.sid, reply.turn_id, epoch=self.epoch)
         history = await self.store.history(self.sid)
         tool_notes = await self._route_tools(text, history)
         prompt = await self._prompt(reply.user_turn_id, tool_notes)
@@ -366,21 +462,38 @@ class Conversation:
 
         async def say(clause: str) -> None:
             nonlocal next_id
-            if next_id == 0:
-                metric("voxmesh_first_clause_seconds").observe(loop.time() - t0)
-            reply.clauses[next_id] = clause
-            await self.send(opb.AgentCommand(say=opb.Say(turn_id=reply.turn_id, clause_id=next_id, text=clause)))
+            cid = next_id
             next_id += 1
+            if cid in recorded:
+                if recorded[cid] != clause:
+                    raise _Diverged
+                return
+            if cid == 0:
+                metric("voxmesh_first_clause_seconds").observe(loop.time() - t0)
+            reply.clauses[cid] = clause
+            # Recorded before it is sent: a successor never misses a clause the
+            # user may have heard.
+            await self.store.set_reply(self.sid, reply.turn_id, {f"c:{cid}": clause}, epoch=self.epoch)
+            await self.send(opb.AgentCommand(say=opb.Say(turn_id=reply.turn_id, clause_id=cid, text=clause)))
 
         await self.store.set_turn_state(self.sid, state="speaking", reply_turn=reply.turn_id)
-        async for piece in self.llm.generate(
+        pieces = self.llm.generate(
             self.sid, prompt, max_tokens=self.agent.llm.max_tokens, temperature=self.agent.llm.temperature,
-            request_id=reply.turn_id,
-        ):
-            for clause in chunker.push(piece):
+            request_id=reply.turn_id, seed=zlib.crc32(f"{self.sid}:{reply.turn_id}".encode()) & 0x7FFFFFFF,
+        )
+        try:
+            # aclosing: leaving early (a divergence) cancels the llm call now.
+            async with contextlib.aclosing(pieces):
+                async for piece in pieces:
+                    for clause in chunker.push(piece):
+                        await say(clause)
+            for clause in chunker.flush():
                 await say(clause)
-        for clause in chunker.flush():
-            await say(clause)
+        except _Diverged:
+            log.warning("regenerated reply differs from the recorded clauses; ending it there",
+                        extra={"turn_id": reply.turn_id, "clauses": len(recorded)})
+        if next_id < len(recorded):
+            log.warning("regenerated reply is shorter than the recorded clauses; ending it there", extra={"turn_id": reply.turn_id})
         await self._finish(reply)
 
     async def _speak_fixed(self, reply: Reply, text: str) -> None:
@@ -396,7 +509,7 @@ class Conversation:
                 reply.committed = True
                 await self.store.commit_message(
                     self.sid, reply.turn_id, {"role": "assistant", "content": reply.text()},
-                    reply_turn=reply.turn_id, state="speaking",
+                    epoch=self.epoch, reply_turn=reply.turn_id, state="speaking", reply_status="generated",
                 )
         if reply.fully_played() and self.reply is reply:
             self.reply = None

@@ -57,6 +57,7 @@ class LlmClient:
         grammar: str = "",
         stop: tuple[str, ...] = (),
         request_id: str = "",
+        seed: int = 0,
     ) -> AsyncIterator[str]:
         """Yield generated text pieces. Closing the iterator (or cancelling the
         task that consumes it) cancels the call, which stops the engine."""
@@ -68,6 +69,9 @@ class LlmClient:
             temperature=temperature,
             grammar=grammar,
             stop=list(stop),
+            # A fixed seed makes a sampled reply reproducible: a replica that
+            # takes a session over mid-reply regenerates the same text.
+            seed=seed,
         )
         last_error: Exception | None = None
         for target in self.ring.owners(session_id, len(self.targets)):

@@ -17,3 +17,12 @@ class OrchestratorSettings:
     # Seconds a session's keys live after its last write.
     session_ttl_s: int = 24 * 3600
     drain_grace_s: float = 10.0
+    # This replica's name (the pod name in a cluster), recorded in the session's
+    # meta while it serves it: for operators and the fault tests.
+    pod_name: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.pod_name:
+            import socket
+
+            object.__setattr__(self, "pod_name", socket.gethostname())
