@@ -11,18 +11,20 @@ pytestmark = pytest.mark.e2e
 
 def test_barge_in_silences_the_agent_and_cuts_history(stack):
     question = stack.speech("Can you tell me what you can do for me today?", "q-long")
-    stop = stack.speech("No wait, stop. I have another question.", "q-stop", lead_silence=0.0, tail_silence=0.3)
+    stop = stack.speech("Sorry, can I ask you something else", "q-stop", lead_silence=0.0, tail_silence=0.3)
     result = stack.call(question, barge_in=str(stop), barge_in_after_ms=900, timeout=90)
     print("barge-in result:", {k: result[k] for k in ("bargein_stop_ms", "interrupted", "agent_text", "ttfa_ms")})
     assert result["interrupted"], "the reply was not interrupted"
     assert result["bargein_stop_ms"] is not None and result["bargein_stop_ms"] < 1500
     history = result["history"]
     cut = [m for m in history if m["role"] == "assistant" and m.get("interrupted")]
-    assert len(cut) == 1
-    heard, generated = cut[0]["content"], cut[0].get("generated", "")
-    # what was heard is a strict prefix of what was generated (cut at a word)
-    assert generated.startswith(heard) and len(heard) < len(generated)
-    # the barge-in became the next user turn, answered once
-    users = [m["content"] for m in history if m["role"] == "user"]
-    assert any("question" in u.lower() for u in users)
-    assert sum(1 for m in history if m["role"] == "assistant") == 2
+    assert cut, history
+    for m in cut:
+        heard, generated = m["content"], m.get("generated", "")
+        # what was heard is a strict prefix of what was generated (cut at a word)
+        assert generated.startswith(heard) and len(heard) < len(generated)
+    # the barge-in became the next user turn, and every user turn has one answer
+    users = [m for m in history if m["role"] == "user"]
+    assert any("else" in u["content"].lower() for u in users)
+    replies = [m["turn_id"] for m in history if m["role"] == "assistant"]
+    assert len(replies) == len(set(replies)) == len(users)
