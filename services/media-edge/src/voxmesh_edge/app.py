@@ -2,8 +2,13 @@
 drain and /metrics.
 
 POST /v1/sessions      Content-Type: application/sdp, body = offer
-                       -> 201, Location: /v1/sessions/{id}, body = answer
+                       -> 201, Location: /v1/sessions/{id}, body = answer,
+                          X-Voxmesh-Resume-Token: the session's resume token
+                       With `X-Voxmesh-Resume: <token>`: a new PeerConnection
+                       for the same conversation (403 for a foreign or stale token)
 DELETE /v1/sessions/{id}  -> 200; 404 for an unknown session
+DELETE /v1/sessions/{id}?purge=true  with X-Voxmesh-Resume: <token>
+                       -> 200: the session is closed and all its data erased
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ from voxmesh.core.logging import session_id_var
 from voxmesh.core.metrics import metric
 from voxmesh.core.settings import from_env
 from voxmesh.core.webrtc import configure_ice_hosts, configure_ice_port_range
+from voxmesh.v1 import orchestrator_pb2 as opb
+from voxmesh_edge import resume
 from voxmesh_edge.routing import RESUMED_KEY, SESSION_ID_KEY, SessionRouter
 from voxmesh_edge.session import EdgeSession, SessionError
 from voxmesh_edge.settings import EdgeSettings
@@ -72,12 +79,25 @@ class Edge:
             return self._error(400, "malformed SDP offer: it must start with 'v=0'", route)
         if len(self.sessions) >= self.settings.max_sessions:
             return self._error(503, "edge at capacity", route)
+        # A reconnect names its conversation with a resume token (any edge
+        # checks it: the secret is shared). The router has placed it here.
+        resumed_sid = None
+        if token := _resume_token(request):
+            try:
+                resumed_sid = resume.verify(self.settings.token_secret, token)
+            except resume.TokenRefused as exc:
+                return self._error(403, str(exc), route)
+            exists = await self._conversation_exists(resumed_sid)
+            if exists is None:
+                return self._error(503, "cannot check the conversation now; retry", route)
+            if not exists:
+                return self._error(403, "stale resume token: the conversation no longer exists", route)
         # The router chose the id (and claimed it for this edge) before we got here.
-        sid = request.get(SESSION_ID_KEY) or uuid.uuid4().hex
+        sid = resumed_sid or request.get(SESSION_ID_KEY) or uuid.uuid4().hex
         # A reconnect of a session this edge holds: the new PeerConnection replaces
         # the old one once it is accepted (the old one stays if the offer fails).
         previous = self.sessions.get(sid)
-        resumed = previous is not None or bool(request.get(RESUMED_KEY))
+        resumed = previous is not None or bool(request.get(RESUMED_KEY)) or resumed_sid is not None
         session = EdgeSession(sid, self.settings, self.upstreams, agent=request.query.get("agent", ""), resumed=resumed)
         self.sessions[sid] = session
 
@@ -109,8 +129,19 @@ class Edge:
         log.info("session created", extra={"session": sid})
         return web.Response(
             status=201, text=answer, content_type="application/sdp",
-            headers={"Location": f"/v1/sessions/{sid}", "X-Voxmesh-Session": sid},
+            headers={"Location": f"/v1/sessions/{sid}", "X-Voxmesh-Session": sid, resume.RESPONSE_HEADER: session.resume_token()},
         )
+
+    async def _conversation_exists(self, sid: str) -> bool | None:
+        """Whether the conversation's data is still in Redis (None: cannot tell)."""
+        redis = self.router.redis if self.router is not None else None
+        if redis is None:
+            return None
+        try:
+            return bool(await redis.exists(f"vm:s:{sid}:meta"))
+        except Exception as exc:  # Redis unreachable
+            log.warning("cannot check a resumed conversation", extra={"error": f"{type(exc).__name__}: {exc}"})
+            return None
 
     async def _reap(self, session: EdgeSession) -> None:
         await session.closed.wait()
@@ -122,6 +153,8 @@ class Edge:
     async def delete_session(self, request: web.Request) -> web.Response:
         route = "DELETE /v1/sessions"
         sid = request.match_info["sid"]
+        if request.query.get("purge", "").lower() in ("1", "true", "yes"):
+            return await self._purge(request, sid)
         session = self.sessions.pop(sid, None)
         if session is None:
             return self._error(404, f"no session {sid} on this edge", route)
@@ -129,6 +162,28 @@ class Edge:
         metric("voxmesh_active_sessions").set(len(self.sessions))
         metric("voxmesh_http_requests_total").labels(route=route, code="200").inc()
         return web.json_response({"session_id": sid, "closed": True})
+
+    async def _purge(self, request: web.Request, sid: str) -> web.Response:
+        """Close the session and erase all its data. The resume token proves
+        the caller owns the conversation (a session id alone is not enough)."""
+        route = "DELETE /v1/sessions?purge"
+        try:
+            if resume.verify(self.settings.token_secret, _resume_token(request)) != sid:
+                raise resume.TokenRefused("foreign resume token: it names another session")
+        except resume.TokenRefused as exc:
+            return self._error(403, f"purge needs the session's resume token: {exc}", route)
+        session = self.sessions.pop(sid, None)
+        if session is not None:
+            await session.close()
+            metric("voxmesh_active_sessions").set(len(self.sessions))
+        try:
+            done = await self.upstreams.orchestrator.DeleteSession(opb.DeleteSessionRequest(session_id=sid), timeout=10, wait_for_ready=True)
+        except Exception as exc:
+            log.warning("purge failed", extra={"session": sid, "error": f"{type(exc).__name__}: {exc}"})
+            return self._error(503, "could not erase the session data now; retry", route)
+        metric("voxmesh_http_requests_total").labels(route=route, code="200").inc()
+        log.info("session purged", extra={"session": sid, "keys": done.deleted_keys})
+        return web.json_response({"session_id": sid, "closed": session is not None, "purged": True, "deleted_keys": done.deleted_keys})
 
     async def history(self, request: web.Request) -> web.Response:
         """The conversation as stored (what the agent will remember): for the
@@ -168,8 +223,10 @@ class Edge:
         return web.json_response({"draining": True, "sessions": len(self.sessions)})
 
     async def drain(self) -> None:
-        """Take no new sessions; let live ones finish within the grace period;
-        then tell the clients still here to move, and close."""
+        """Take no new sessions; let live ones finish within the grace period,
+        moving each client as soon as its conversation is between turns (the
+        client reconnects with its resume token to another edge, so the move
+        costs a reconnect and no words); at the deadline move the rest, and close."""
         if self.draining:
             return
         self.draining = True
@@ -178,12 +235,24 @@ class Edge:
         log.info("draining", extra={"sessions": len(self.sessions), "grace_s": self.settings.drain_grace_s})
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.settings.drain_grace_s
-        while self.sessions and loop.time() < deadline:
-            await asyncio.sleep(0.2)
-        for session in list(self.sessions.values()):
+        moved: set[str] = set()
+
+        async def move(session: EdgeSession) -> None:
             session.send_client({"type": "move", "reason": "edge draining"})
-        await asyncio.sleep(0.2)  # let the move message leave
-        await asyncio.gather(*(s.close() for s in list(self.sessions.values())), return_exceptions=True)
+            await asyncio.sleep(0.5)  # let the move message leave; the client reconnects meanwhile
+            await session.close()
+
+        moves: list[asyncio.Task] = []
+        while self.sessions and loop.time() < deadline:
+            for session in list(self.sessions.values()):
+                if session.id not in moved and session.idle():
+                    moved.add(session.id)
+                    moves.append(loop.create_task(move(session)))
+            await asyncio.sleep(0.1)
+        for session in list(self.sessions.values()):
+            if session.id not in moved:
+                moves.append(loop.create_task(move(session)))
+        await asyncio.gather(*moves, return_exceptions=True)
 
     # ---- app ------------------------------------------------------------------
 
@@ -223,6 +292,11 @@ class Edge:
             await self.router.close()
         if self.upstreams:
             await self.upstreams.close()
+
+
+def _resume_token(request: web.Request) -> str:
+    return (request.headers.get(resume.REQUEST_HEADER) or request.headers.get(resume.RESPONSE_HEADER)
+            or request.query.get("resume", ""))
 
 
 async def main() -> None:

@@ -5,6 +5,12 @@ The caller is heard from the first frame: inbound audio goes into a queue the
 moment the track arrives, before the stt stream is even open, and nothing is
 dropped while it opens. The audio of the unfinished user turn is kept, so a
 broken stt stream is reopened and replayed without losing words.
+
+A broken orchestrator stream is reopened (any replica takes the session over
+from Redis) and sent what the new replica may not have: the speech events of
+every user turn not yet confirmed by a UserTurn, and the latest playback report
+of each clause. A Say for a clause this edge already has is ignored, so a
+replica that re-sends a reply it cannot know was received is harmless.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from voxmesh.core.metrics import metric
 from voxmesh.v1 import orchestrator_pb2 as opb
 from voxmesh.v1 import stt_pb2, tts_pb2
 from voxmesh_edge.audio import STT_RATE, WEBRTC_RATE, Resampler, frame_to_mono
+from voxmesh_edge import resume
 from voxmesh_edge.echo import EchoGuard
 from voxmesh_edge.playout import Playout, PlayoutTrack, Segment
 from voxmesh_edge.settings import EdgeSettings
@@ -35,7 +42,10 @@ from voxmesh_edge.upstreams import Upstreams
 
 log = logging.getLogger(__name__)
 
-PREROLL_MS = 500          # audio kept before a turn opens, for replay
+# Audio kept before a turn opens, for replay: it covers the time stt takes to
+# report the onset (VAD window, min speech, stream lag under load). Audio up to
+# the end of a committed turn is never kept, so a replay cannot make it a turn again.
+PREROLL_MS = 1500
 MAX_TURN_AUDIO_S = 60     # never keep more than this for replay
 
 
@@ -56,6 +66,8 @@ class ReplyAudio:
     task: asyncio.Task | None = None
     call: object = None
     last_report: dict[int, tuple[int, float]] = field(default_factory=dict)
+    # The latest Playback per clause, re-sent to a new orchestrator stream.
+    reports: dict[int, opb.Playback] = field(default_factory=dict)
 
     def all_played(self) -> bool:
         return self.end_of_reply and all(c in self.played for c in self.clauses)
@@ -101,6 +113,17 @@ class EdgeSession:
         self.session_config: opb.SessionConfig | None = None
         self._configured = asyncio.Event()
         self.stats = collections.Counter()
+        # Speech events of user turns the orchestrator has not confirmed (no
+        # UserTurn yet), by edge utterance id: re-sent on a new Converse stream.
+        self._unacked: dict[int, list[opb.EdgeEvent]] = {}
+        # Replies interrupted or finished and forgotten: a Say for them is stale.
+        self._ended_turns: collections.deque[str] = collections.deque(maxlen=64)
+        # The reply turn id of a committed user turn whose first Say has not come yet.
+        self._awaiting_reply: str | None = None
+        # Utterances with words in a Final (only those can be committed).
+        self._worded: set[int] = set()
+        # component -> when its stream broke (monotonic), until it works again.
+        self._lost_at: dict[str, float] = {}
 
     # ---- signaling -----------------------------------------------------
 
@@ -141,8 +164,18 @@ class EdgeSession:
         await self.pc.setLocalDescription(answer)
         spawn(self._stt_loop(), self._tasks, "stt")
         spawn(self._orchestrator_loop(), self._tasks, "orchestrator")
-        self.send_client({"type": "session", "session_id": self.id})
+        # The token lets the client reattach to this conversation on any edge if
+        # this PeerConnection fails or this edge drains (voxmesh_edge.resume).
+        self.send_client({"type": "session", "session_id": self.id, "resume_token": self.resume_token(), "resumed": self.resumed})
         return self.pc.localDescription.sdp
+
+    def resume_token(self) -> str:
+        return resume.issue(self.settings.token_secret, self.id, self.settings.token_ttl_s)
+
+    def idle(self) -> bool:
+        """Between turns: the user is not speaking and no reply is playing or
+        coming (a drain moves the client now rather than mid-sentence)."""
+        return self._turn_open is None and not self._unacked and self._awaiting_reply is None and not self._reply_active()
 
     async def close(self) -> None:
         if self.closed.is_set():
@@ -214,6 +247,28 @@ class EdgeSession:
             del self._turn_audio[:drop]
             self._turn_audio_start += drop // 2
 
+    def _forget_audio_before(self, offset_ms: int) -> None:
+        """The turn that ended at `offset_ms` is committed: its audio is never replayed."""
+        drop = (offset_ms * STT_RATE // 1000 - self._turn_audio_start) * 2
+        drop = min(max(0, drop), len(self._turn_audio))
+        if drop:
+            del self._turn_audio[:drop]
+            self._turn_audio_start += drop // 2
+
+    def _lost(self, component: str) -> None:
+        self._lost_at.setdefault(component, time.monotonic())
+
+    def _recovered(self, component: str) -> None:
+        """The session works again after `component` was lost: count it where it completes."""
+        t0 = self._lost_at.pop(component, None)
+        if t0 is None:
+            return
+        seconds = time.monotonic() - t0
+        metric("voxmesh_session_recoveries_total").labels(component=component).inc()
+        metric("voxmesh_recovery_seconds").labels(component=component).observe(seconds)
+        log.info("recovered", extra={"component": component, "ms": round(seconds * 1000)})
+        self.send_client({"type": "recovered", "component": component, "ms": round(seconds * 1000)})
+
     # ---- stt ----------------------------------------------------------------
 
     async def _stt_loop(self) -> None:
@@ -233,9 +288,12 @@ class EdgeSession:
                 if self.closed.is_set():
                     return
                 attempt += 1
-                metric("voxmesh_session_recoveries_total").labels(component="stt").inc()
+                self._lost("stt")
                 log.warning("stt stream broke; replaying the unfinished turn", extra={"code": exc.code().name, "attempt": attempt})
-                await asyncio.sleep(min(2.0, 0.05 * 2 ** min(attempt, 5)) * random.uniform(0.5, 1.0))
+                # The first retry goes at once (round_robin already skips the
+                # broken replica); later ones back off with jitter.
+                if attempt > 1:
+                    await asyncio.sleep(min(2.0, 0.05 * 2 ** min(attempt, 5)) * random.uniform(0.5, 1.0))
 
     async def _stt_stream(self, reconnect: bool) -> None:
         replay, replay_start = b"", 0
@@ -265,9 +323,12 @@ class EdgeSession:
                     return
                 yield stt_pb2.TranscribeRequest(audio=data)
 
-        call = self.up.stt.Transcribe(requests())
+        # wait_for_ready: with every replica down the stream waits for one to
+        # come back instead of failing in a loop.
+        call = self.up.stt.Transcribe(requests(), wait_for_ready=True)
         try:
             async for ev in call:
+                self._recovered("stt")
                 await self._on_stt_event(ev, utt_map)
         finally:
             call.cancel()
@@ -316,9 +377,26 @@ class EdgeSession:
             self.send_client({"type": "final", "text": inner.text})
         elif kind == "end_of_turn":
             self._turn_open = None
+            self._forget_audio_before(inner.audio_offset_ms)
             self._end_hold()
             self._ttfa_pending = self._last_speech_end
-        await self.to_orchestrator.put(opb.EdgeEvent(speech=ev))
+        event = opb.EdgeEvent(speech=ev)
+        self._keep_unacked(utt, event)
+        if kind == "final" and inner.text.strip():
+            self._worded.add(utt)
+        if kind == "end_of_turn":
+            if utt not in self._worded:
+                self._unacked.pop(utt, None)  # no words: nothing to commit, nothing to replay
+            self._worded.discard(utt)
+        await self.to_orchestrator.put(event)
+
+    def _keep_unacked(self, utt: int, event: opb.EdgeEvent) -> None:
+        events = self._unacked.setdefault(utt, [])
+        if len(events) < 200:
+            events.append(event)
+        # Bounded: a turn stt ended with no words is never confirmed.
+        while len(self._unacked) > 3:
+            del self._unacked[next(iter(self._unacked))]
 
     def _is_echo_onset(self, onset_ms: int) -> bool:
         """An onset while agent audio is going out that correlates with it."""
@@ -377,32 +455,73 @@ class EdgeSession:
     async def _orchestrator_loop(self) -> None:
         attempt = 0
         resumed = self.resumed
+        if resumed:
+            # A client reattached after losing its edge: recovered once the
+            # conversation is live again here.
+            self._lost_at["edge"] = time.monotonic()
         while not self.closed.is_set():
             try:
                 await self._converse(resumed)
-                return
+                # The orchestrator never ends a live session's stream by itself;
+                # treat it as a break (any replica resumes the session).
+                code, details = "OK", "stream ended"
             except grpc.aio.AioRpcError as exc:
+                code, details = exc.code().name, exc.details()
                 if self.closed.is_set():
                     return
                 if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
                     log.error("orchestrator refused the session", extra={"details": exc.details()})
                     self.send_client({"type": "error", "message": exc.details()})
                     return
-                attempt += 1
-                resumed = True
-                metric("voxmesh_session_recoveries_total").labels(component="orchestrator").inc()
-                log.warning("orchestrator stream broke; reconnecting", extra={"code": exc.code().name, "attempt": attempt})
+                if exc.code() == grpc.StatusCode.FAILED_PRECONDITION:
+                    # Another stream took the conversation over (the client
+                    # reattached elsewhere): this connection is stale.
+                    log.warning("session taken over elsewhere; closing here", extra={"details": exc.details()})
+                    self.send_client({"type": "error", "message": "this conversation continues on another connection"})
+                    spawn(self.close(), set(), "close-superseded")
+                    return
+            if self.closed.is_set():
+                return
+            attempt += 1
+            resumed = True
+            self._lost("orchestrator")
+            log.warning("orchestrator stream broke; reconnecting", extra={"code": code, "details": details, "attempt": attempt})
+            # The first retry goes at once: round_robin has already dropped the
+            # broken replica. A replica that is down for good costs backoff.
+            if attempt > 1:
                 await asyncio.sleep(min(2.0, 0.05 * 2 ** min(attempt, 5)) * random.uniform(0.5, 1.0))
 
+    def _replay_for_orchestrator(self) -> list[opb.EdgeEvent]:
+        """What a new Converse stream must get before new events: the speech
+        events of unconfirmed turns (they may have died with the old stream)
+        and the latest playback report of every clause. Queued speech events
+        are taken out (they are part of the replay), in one step with no await."""
+        queued: list[opb.EdgeEvent] = []
+        while not self.to_orchestrator.empty():
+            ev = self.to_orchestrator.get_nowait()
+            if ev.WhichOneof("event") != "speech":
+                queued.append(ev)
+        replay = [ev for events in self._unacked.values() for ev in events]
+        replay += [pb for reply in self.replies.values() for pb in (opb.EdgeEvent(playback=r) for r in reply.reports.values())]
+        return replay + queued
+
     async def _converse(self, resumed: bool) -> None:
+        replay = self._replay_for_orchestrator()
+
         async def events():
             yield opb.EdgeEvent(start=opb.SessionStart(session_id=self.id, agent=self.agent, resumed=resumed))
+            for ev in replay:
+                yield ev
             while True:
                 yield await self.to_orchestrator.get()
 
-        call = self.up.orchestrator.Converse(events())
+        # wait_for_ready: with every replica down, wait for one to come back.
+        call = self.up.orchestrator.Converse(events(), wait_for_ready=True)
         try:
             async for cmd in call:
+                # The first command comes once the session is loaded.
+                self._recovered("orchestrator")
+                self._recovered("edge")
                 await self._on_command(cmd)
         finally:
             call.cancel()
@@ -416,13 +535,14 @@ class EdgeSession:
             self._say(cmd.say)
         elif kind == "end_of_reply":
             reply = self.replies.get(cmd.end_of_reply.turn_id)
-            if reply is not None:
+            if reply is not None and not reply.end_of_reply:
                 reply.end_of_reply = True
                 reply.requests.put_nowait(None)
                 self._maybe_reply_done(reply)
         elif kind == "interrupt":
             self._hold = None
             turn = cmd.interrupt.turn_id
+            self._ended_turns.append(turn)
             self.playout.flush(turn)
             reply = self.replies.pop(turn, None)
             if reply is not None:
@@ -435,12 +555,23 @@ class EdgeSession:
             self.playout.resume()
             self.send_client({"type": "resumed", "turn_id": cmd.resume.turn_id})
         elif kind == "user_turn":
+            # Confirmed (committed): its events, and older ones, need no replay.
+            utt = int(cmd.user_turn.turn_id[1:]) if cmd.user_turn.turn_id[1:].isdigit() else 0
+            for u in [u for u in self._unacked if u <= utt]:
+                del self._unacked[u]
+            self._awaiting_reply = "a" + cmd.user_turn.turn_id[1:]
             self.send_client({"type": "user_turn", "turn_id": cmd.user_turn.turn_id, "text": cmd.user_turn.text})
 
     # ---- tts and playout ---------------------------------------------------------
 
     def _say(self, say: opb.Say) -> None:
         reply = self.replies.get(say.turn_id)
+        if say.turn_id in self._ended_turns or (reply is not None and say.clause_id in reply.clauses):
+            # A replica that took the conversation over re-sends what it cannot
+            # know we received: never say a clause twice.
+            return
+        if say.turn_id == self._awaiting_reply:
+            self._awaiting_reply = None
         if reply is None:
             if self._hold is not None:
                 self._hold["turns"].add(say.turn_id)
@@ -449,6 +580,7 @@ class EdgeSession:
             # Forget finished replies so a long session does not grow.
             for old in [t for t, r in self.replies.items() if r.done_sent]:
                 del self.replies[old]
+                self._ended_turns.append(old)
         reply.clauses[say.clause_id] = say.text
         reply.requests.put_nowait(tts_pb2.Clause(clause_id=say.clause_id, text=say.text))
         self.send_client({"type": "agent_say", "turn_id": say.turn_id, "clause_id": say.clause_id, "text": say.text})
@@ -502,11 +634,12 @@ class EdgeSession:
         due = last is None or (heard != last[0] and now - last[1] >= self.settings.playback_report_ms / 1000)
         if clause_done:
             reply.played.add(clause_id)
+        pb = reply.reports[clause_id] = opb.Playback(
+            turn_id=turn_id, clause_id=clause_id, heard_chars=heard, played_ms=played_ms, clause_done=clause_done
+        )
         if due or clause_done:
             reply.last_report[clause_id] = (heard, now)
-            self.to_orchestrator.put_nowait(
-                opb.EdgeEvent(playback=opb.Playback(turn_id=turn_id, clause_id=clause_id, heard_chars=heard, played_ms=played_ms, clause_done=clause_done))
-            )
+            self.to_orchestrator.put_nowait(opb.EdgeEvent(playback=pb))
         if clause_done:
             self._maybe_reply_done(reply)
 

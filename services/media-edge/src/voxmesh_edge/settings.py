@@ -24,6 +24,12 @@ class EdgeSettings:
     max_sdp_bytes: int = 64 * 1024
     max_sessions: int = 200
     drain_grace_s: float = 30.0
+    # Resume tokens (voxmesh_edge.resume): HMAC secret shared by every edge (a
+    # Kubernetes Secret in the chart); empty = a random per-process secret, so
+    # a token only works on the edge that issued it. Tokens live as long as a
+    # session's data in Redis by default.
+    token_secret: str = ""
+    token_ttl_s: float = 24 * 3600
     # Playback progress is reported at most this often per clause.
     playback_report_ms: int = 100
     # Fade applied when playout pauses, resumes or is flushed (no clicks).

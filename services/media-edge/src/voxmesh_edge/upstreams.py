@@ -1,6 +1,9 @@
 """gRPC stubs to the services behind the edge, one channel per process shared
 by every session. stt and tts are balanced per stream (round robin over the
-resolved addresses); the orchestrator is stateless per call."""
+resolved addresses); the orchestrator is stateless per call. A target may list
+several replicas (`ipv4:10.0.0.1:50054,10.0.0.2:50054`, or a headless Service
+name the dns resolver expands): round_robin skips one whose connection broke,
+so a stream reopened after a replica died lands on a live one."""
 
 from __future__ import annotations
 
@@ -10,7 +13,15 @@ from voxmesh.core.service import GRPC_OPTIONS
 from voxmesh.v1 import orchestrator_pb2_grpc, stt_pb2_grpc, tts_pb2_grpc
 from voxmesh_edge.settings import EdgeSettings
 
-_BALANCED = GRPC_OPTIONS + [("grpc.lb_policy_name", "round_robin")]
+_BALANCED = GRPC_OPTIONS + [
+    ("grpc.lb_policy_name", "round_robin"),
+    # A replica that died and came back is used again within ~2 s (gRPC's
+    # default reconnect backoff grows to minutes), so a later loss of its
+    # sibling still finds a live replica to fail over to.
+    ("grpc.initial_reconnect_backoff_ms", 250),
+    ("grpc.min_reconnect_backoff_ms", 250),
+    ("grpc.max_reconnect_backoff_ms", 2000),
+]
 
 
 class Upstreams:
