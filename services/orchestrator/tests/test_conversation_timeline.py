@@ -155,3 +155,39 @@ async def test_completed_tool_call_survives_interruption_and_is_not_repeated():
     # the demonstration uses the store too; count only the real call
     assert [c for c in calls if c["order_id"] == "4219"] == [{"order_id": "4219"}]
     assert any("out for delivery" in m["content"] for c in llm.calls for m in c["messages"] if m["role"] == "system")
+
+
+async def test_preemptive_reply_is_adopted_when_the_final_text_matches():
+    conv, store, llm, edge = await setup()
+    await conv.handle(speech("speech_started", 1))
+    await conv.handle(speech("speech_stopped", 1))
+    await conv.handle(speech("interim", 1, text="Hello there."))  # user silent: speculate
+    await asyncio.sleep(0.5)  # the end-of-turn model is still deciding
+    assert not any(k == "say" for k in edge.kinds()), "nothing is said before the commit"
+    assert await store.history("s1") == [], "nothing is stored before the commit"
+    await conv.handle(speech("final", 1, text="Hello there"))
+    await conv.handle(speech("end_of_turn", 1))
+    await asyncio.sleep(0.01)
+    assert "say" in edge.kinds(), "the buffered first clause goes out at once"
+    await asyncio.sleep(15)
+    assert len(llm.calls) == 1 and llm.cancelled == 0
+    hist = await store.history("s1")
+    assert [m["role"] for m in hist] == ["user", "assistant"] and hist[1]["content"] == FOUR_CLAUSES
+
+
+async def test_preemptive_reply_is_discarded_when_the_user_goes_on():
+    conv, store, llm, edge = await setup()
+    await conv.handle(speech("speech_started", 1))
+    await conv.handle(speech("speech_stopped", 1))
+    await conv.handle(speech("interim", 1, text="Cancel my order"))
+    await asyncio.sleep(0.1)
+    await conv.handle(speech("speech_started", 1))  # "...can you tell me about it"
+    await asyncio.sleep(0.01)
+    assert llm.cancelled == 1
+    await conv.handle(speech("speech_stopped", 1))
+    await conv.handle(speech("final", 1, text="Cancel my order? No, can you tell me about my order"))
+    await conv.handle(speech("end_of_turn", 1))
+    await asyncio.sleep(15)
+    assert len(llm.calls) == 2
+    hist = await store.history("s1")
+    assert [m["role"] for m in hist] == ["user", "assistant"]

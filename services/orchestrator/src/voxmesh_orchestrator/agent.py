@@ -31,6 +31,9 @@ class InterruptionConfig:
 class LlmConfig:
     max_tokens: int = 80
     temperature: float = 0.0
+    # Start generating when the user stops speaking, before the turn is
+    # committed; adopted if the committed text is the same, else discarded.
+    preemptive: bool = True
 
 
 @dataclass(frozen=True)

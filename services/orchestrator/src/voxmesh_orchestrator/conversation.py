@@ -83,6 +83,46 @@ class Reply:
         return self.generation_done and all(c in self.played for c in self.clauses)
 
 
+def _norm(text: str) -> str:
+    return " ".join(words_of(text))
+
+
+@dataclass
+class Speculation:
+    """A reply generated ahead of the turn commit, kept unsent."""
+
+    utterance_id: int
+    text: str
+    pieces: list[str] = field(default_factory=list)
+    tool_notes: list = field(default_factory=list)
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+    done: bool = False
+    adopted: bool = False
+    error: Exception | None = None
+    task: asyncio.Task | None = None
+
+    def matches(self, text: str) -> bool:
+        return _norm(text) == _norm(self.text)
+
+    async def stream(self):
+        """The generated pieces, those buffered first, then as they come."""
+        i = 0
+        try:
+            while True:
+                while i < len(self.pieces):
+                    yield self.pieces[i]
+                    i += 1
+                if self.done:
+                    if self.error is not None:
+                        raise self.error
+                    return
+                self.changed.clear()
+                await self.changed.wait()
+        finally:
+            if self.task is not None and not self.done:
+                self.task.cancel()  # the reply was cut short: stop generating
+
+
 class _Diverged(Exception):
     """A regenerated reply differs from the clauses recorded before a takeover."""
 
@@ -111,6 +151,8 @@ class Conversation:
         self._bargein: dict | None = None  # {utterance_id, timer, words}
         self._lock = asyncio.Lock()
         self._tool_cache: dict[str, asyncio.Task] = {}
+        self._spec: Speculation | None = None
+        self._user_speaking = False
         # Fencing epoch from take_over: every commit carries it, so a replica
         # that lost the session to a newer stream cannot write.
         self.epoch: int | None = None
@@ -212,12 +254,21 @@ class Conversation:
         if getattr(ev, kind).utterance_id <= self._floor:
             return  # a turn already committed, replayed by the edge after a reconnect
         if kind == "speech_started":
+            self._user_speaking = True
+            if self._spec is not None and self._spec.utterance_id == ev.speech_started.utterance_id:
+                self._drop_speculation()  # the user went on: the text will change
             self._on_speech_started(ev.speech_started.utterance_id)
+        elif kind == "speech_stopped":
+            self._user_speaking = False
         elif kind == "interim":
             self.prefetch(ev.interim.text)
+            if not self._user_speaking and self._bargein is None:
+                self._speculate(ev.interim.utterance_id, ev.interim.text)
             await self._maybe_confirm(ev.interim.utterance_id, ev.interim.text, final=False)
         elif kind == "final":
             self._final_text[ev.final.utterance_id] = ev.final.text.strip()
+            if self._bargein is None and self.reply is None:
+                self._speculate(ev.final.utterance_id, ev.final.text)
             await self._maybe_confirm(ev.final.utterance_id, ev.final.text, final=True)
         elif kind == "end_of_turn":
             await self._on_end_of_turn(ev.end_of_turn.utterance_id)
@@ -310,6 +361,7 @@ class Conversation:
                 return
             await self._interrupt("confirmed")
         if not text:
+            self._drop_speculation()
             return
         if self.reply is not None:
             # The user finished a new turn while the agent still had audio
@@ -324,7 +376,7 @@ class Conversation:
             return  # a replayed EndOfTurn: already answered or being answered
         metric("voxmesh_turns_total").labels(outcome="committed").inc()
         await self.send(opb.AgentCommand(user_turn=opb.UserTurn(turn_id=user_turn, text=text)))
-        self._start_reply(user_turn, text)
+        self._start_reply(user_turn, text, self._take_speculation(utterance_id, text))
 
     async def _on_playback(self, pb: opb.Playback) -> None:
         reply = self.reply
@@ -343,12 +395,12 @@ class Conversation:
 
     # ---- replies ----------------------------------------------------------
 
-    def _start_reply(self, user_turn: str, text: str) -> None:
+    def _start_reply(self, user_turn: str, text: str, spec: "Speculation | None" = None) -> None:
         reply = Reply(turn_id="a" + user_turn[1:], user_turn_id=user_turn)
         self.reply = reply
-        reply.task = self._spawn_reply(self._generate(reply, text), f"reply-{reply.turn_id}")
+        reply.task = self._spawn_reply(self._generate(reply, text, spec), f"reply-{reply.turn_id}")
 
-    async def _prompt(self, user_turn: str, tool_notes: list[tuple[Tool, ToolCall, str]]) -> list[dict]:
+    async def _prompt(self, user_turn: str, tool_notes: list[tuple[Tool, ToolCall, str]], history: list[dict] | None = None) -> list[dict]:
         """System prompt and tool demonstrations first, always the same, so the
         llm replica reuses their KV cache on every turn; then the history up to
         this turn; then what the tools found."""
@@ -363,7 +415,7 @@ class Conversation:
                     {"role": "system", "content": f"{tool.source}: {demo_note}"},
                     {"role": "assistant", "content": answer},
                 ]
-        for m in await self.store.history(self.sid):
+        for m in history if history is not None else await self.store.history(self.sid):
             if m.get("role") in ("user", "assistant") and m.get("content"):
                 msgs.append({"role": m["role"], "content": m["content"]})
             if m.get("turn_id") == user_turn:
@@ -438,7 +490,7 @@ class Conversation:
         await self.store.save_tool_result(self.sid, call.key(), result)
         return result
 
-    async def _generate(self, reply: Reply, text: str) -> None:
+    async def _generate(self, reply: Reply, text: str, spec: "Speculation | None" = None) -> None:
         """Generate, cut into clauses, record each clause, then send it.
 
         `reply.clauses` holds the clauses recorded before a takeover (empty for
@@ -454,9 +506,10 @@ class Conversation:
             await self._resend(reply)
         else:
             await self.store.begin_reply(self.sid, reply.turn_id, epoch=self.epoch)
-        history = await self.store.history(self.sid)
-        tool_notes = await self._route_tools(text, history)
-        prompt = await self._prompt(reply.user_turn_id, tool_notes)
+        if spec is None:
+            history = await self.store.history(self.sid)
+            tool_notes = await self._route_tools(text, history)
+            prompt = await self._prompt(reply.user_turn_id, tool_notes)
         chunker = ClauseChunker()
         next_id = 0
 
@@ -477,10 +530,10 @@ class Conversation:
             await self.send(opb.AgentCommand(say=opb.Say(turn_id=reply.turn_id, clause_id=cid, text=clause)))
 
         await self.store.set_turn_state(self.sid, state="speaking", reply_turn=reply.turn_id)
-        pieces = self.llm.generate(
-            self.sid, prompt, max_tokens=self.agent.llm.max_tokens, temperature=self.agent.llm.temperature,
-            request_id=reply.turn_id, seed=zlib.crc32(f"{self.sid}:{reply.turn_id}".encode()) & 0x7FFFFFFF,
-        )
+        if spec is not None:
+            pieces = spec.stream()  # generated while the user was still finishing the turn
+        else:
+            pieces = self._llm_stream(prompt, reply.turn_id)
         try:
             # aclosing: leaving early (a divergence) cancels the llm call now.
             async with contextlib.aclosing(pieces):
@@ -495,6 +548,67 @@ class Conversation:
         if next_id < len(recorded):
             log.warning("regenerated reply is shorter than the recorded clauses; ending it there", extra={"turn_id": reply.turn_id})
         await self._finish(reply)
+
+    def _llm_stream(self, prompt: list[dict], turn_id: str):
+        # Seeded by turn id: a successor that regenerates this reply after a
+        # takeover gets the same text.
+        return self.llm.generate(
+            self.sid, prompt, max_tokens=self.agent.llm.max_tokens, temperature=self.agent.llm.temperature,
+            request_id=turn_id, seed=zlib.crc32(f"{self.sid}:{turn_id}".encode()) & 0x7FFFFFFF,
+        )
+
+    # ---- speculation ------------------------------------------------------
+
+    def _speculate(self, utterance_id: int, text: str) -> None:
+        """Preemptive generation: the user has stopped speaking and the
+        transcript looks final, so start the reply now and keep it unsent. If
+        the committed turn's text is the same, the reply is adopted and its
+        first clause goes out at once; otherwise it is discarded. Reversible:
+        nothing is said, stored or run with side effects."""
+        if not self.agent.llm.preemptive or not text.strip():
+            return
+        current = self._spec
+        if current is not None and current.utterance_id == utterance_id and current.matches(text):
+            return
+        self._drop_speculation()
+        spec = Speculation(utterance_id, text)
+        self._spec = spec
+        spec.task = spawn(self._run_speculation(spec), self._tasks, f"speculate-{utterance_id}")
+
+    async def _run_speculation(self, spec: "Speculation") -> None:
+        turn_id = f"a{spec.utterance_id}"
+        try:
+            history = await self.store.history(self.sid)
+            spec.tool_notes = await self._route_tools(spec.text, history)
+            prompt = await self._prompt(f"u{spec.utterance_id}", spec.tool_notes, history + [{"role": "user", "content": spec.text}])
+            async with contextlib.aclosing(self._llm_stream(prompt, turn_id)) as pieces:
+                async for piece in pieces:
+                    spec.pieces.append(piece)
+                    spec.changed.set()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            spec.error = exc
+        finally:
+            spec.done = True
+            spec.changed.set()
+
+    def _drop_speculation(self) -> None:
+        spec, self._spec = self._spec, None
+        if spec is not None and not spec.adopted:
+            metric("voxmesh_speculative_replies_total").labels(outcome="discarded").inc()
+            if spec.task is not None:
+                spec.task.cancel()
+
+    def _take_speculation(self, utterance_id: int, text: str) -> "Speculation | None":
+        spec = self._spec
+        if spec is None or spec.utterance_id != utterance_id or not spec.matches(text) or spec.error is not None:
+            self._drop_speculation()
+            return None
+        self._spec = None
+        spec.adopted = True
+        metric("voxmesh_speculative_replies_total").labels(outcome="used").inc()
+        return spec
 
     async def _speak_fixed(self, reply: Reply, text: str) -> None:
         reply.clauses[0] = speakable(text)

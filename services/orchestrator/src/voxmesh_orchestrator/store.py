@@ -94,6 +94,9 @@ for i = n - 1, math.max(0, n - 20), -1 do
   local raw = redis.call('LINDEX', KEYS[1], i)
   local msg = cjson.decode(raw)
   if msg['turn_id'] == ARGV[1] and msg['role'] == 'assistant' then
+    if msg['generated'] == nil then
+      msg['generated'] = msg['content']
+    end
     msg['content'] = ARGV[2]
     msg['interrupted'] = true
     redis.call('LSET', KEYS[1], i, cjson.encode(msg))

@@ -61,6 +61,7 @@ CATALOG: dict[str, Spec] = {
     # orchestrator
     "voxmesh_turns_total": Spec(Counter, "Committed user turns by outcome", ("outcome",)),
     "voxmesh_first_clause_seconds": Spec(Histogram, "Committed user turn to first clause sent to the edge"),
+    "voxmesh_speculative_replies_total": Spec(Counter, "Replies generated before the turn commit, by outcome", ("outcome",)),
     "voxmesh_tool_calls_total": Spec(Counter, "Tool calls by tool and outcome", ("tool", "outcome")),
     "voxmesh_interruptions_total": Spec(Counter, "Barge-ins by kind", ("kind",)),
     "voxmesh_session_recoveries_total": Spec(Counter, "Sessions resumed after a lost component", ("component",)),
