@@ -109,6 +109,14 @@ def promtool() -> str:
     return ensure_apt_tool("promtool", "prometheus")
 
 
+def get_stack(request):
+    """The lead's `stack` fixture (tests/conftest.py), or skip when it is not there yet."""
+    try:
+        return request.getfixturevalue("stack")
+    except pytest.FixtureLookupError:
+        pytest.skip("no `stack` fixture yet (tests/conftest.py provides it once the local stack is wired)")
+
+
 # ------------------------------------------------------------------------ render
 
 
