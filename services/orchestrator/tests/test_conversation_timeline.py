@@ -191,3 +191,61 @@ async def test_preemptive_reply_is_discarded_when_the_user_goes_on():
     assert len(llm.calls) == 2
     hist = await store.history("s1")
     assert [m["role"] for m in hist] == ["user", "assistant"]
+
+
+def count_calls(conv, name):
+    tool = next(t for t in conv.tools if t.name == name)
+    calls = []
+    real = tool.handler
+
+    async def counting(**kw):
+        calls.append(kw)
+        return await real(**kw)
+
+    tool.handler = counting
+    return calls
+
+
+async def test_a_cancel_heard_only_in_a_partial_never_cancels_and_the_prefetch_is_reused():
+    conv, store, llm, edge = await setup(route="cancel_order(order_id=4219)")
+    cancels, lookups = count_calls(conv, "cancel_order"), count_calls(conv, "lookup_order")
+    await conv.handle(speech("speech_started", 1))
+    await conv.handle(speech("interim", 1, text="cancel my order four two one nine"))
+    await asyncio.sleep(0.3)
+    assert lookups == [{"order_id": "4219"}], "the read-only lookup is prefetched on the partial"
+    await conv.handle(speech("interim", 1, text="can you tell me about my order four two one nine"))
+    await conv.handle(speech("speech_stopped", 1))
+    await conv.handle(speech("final", 1, text="Can you tell me about my order four two one nine?"))
+    await conv.handle(speech("end_of_turn", 1))
+    await asyncio.sleep(15)
+    assert cancels == []
+    # (the prompt's worked demonstration looks up 5530; count only 4219)
+    assert [c for c in lookups if c["order_id"] == "4219"] == [{"order_id": "4219"}], "the committed turn reused the prefetch"
+    prompt = llm.calls[-1]["messages"]
+    assert any("out for delivery" in m["content"] for m in prompt if m["role"] == "system")
+
+
+async def test_side_effecting_tool_runs_only_after_a_spoken_yes():
+    conv, store, llm, edge = await setup(route="cancel_order(order_id=4219)")
+    cancels = count_calls(conv, "cancel_order")
+    await user_says(conv, 1, "Please cancel my order 4219.")
+    await asyncio.sleep(5)
+    says = [c.say.text for c in edge.commands if c.WhichOneof("command") == "say"]
+    assert says == ["Just to confirm, do you want me to cancel order 4 2 1 9?", "Please say yes or no."]
+    assert cancels == []
+    await user_says(conv, 2, "Yes, please.")
+    await asyncio.sleep(15)
+    assert cancels == [{"order_id": "4219"}]
+    last_prompt = llm.calls[-1]["messages"]
+    assert any("now cancelled" in m["content"] for m in last_prompt if m["role"] == "system")
+
+
+async def test_side_effecting_tool_is_dropped_on_no():
+    conv, store, llm, edge = await setup(route="cancel_order(order_id=4219)")
+    cancels = count_calls(conv, "cancel_order")
+    await user_says(conv, 1, "Cancel order 4219")
+    await asyncio.sleep(5)
+    await user_says(conv, 2, "No, don't.")
+    await asyncio.sleep(15)
+    assert cancels == []
+    assert any("said no" in m["content"] for m in llm.calls[-1]["messages"] if m["role"] == "system")

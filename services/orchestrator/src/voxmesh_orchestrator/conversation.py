@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import zlib
 from collections.abc import Awaitable, Callable
@@ -42,7 +43,9 @@ from voxmesh.v1 import orchestrator_pb2 as opb
 from voxmesh_orchestrator.agent import AgentConfig
 from voxmesh_orchestrator.clauses import ClauseChunker, speakable
 from voxmesh_orchestrator.store import Superseded, saved_reply
-from voxmesh_orchestrator.tools import Tool, ToolCall, describe_result, parse_call, routing_grammar, routing_prompt
+from voxmesh_orchestrator.tools import (
+    Tool, ToolCall, describe_result, parse_call, routing_grammar, routing_prompt, spoken_number,
+)
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +86,11 @@ class Reply:
         return self.generation_done and all(c in self.played for c in self.clauses)
 
 
+async def _pieces(texts: list[str]):
+    for t in texts:
+        yield t
+
+
 def _norm(text: str) -> str:
     return " ".join(words_of(text))
 
@@ -96,6 +104,7 @@ class Speculation:
     pieces: list[str] = field(default_factory=list)
     tool_notes: list = field(default_factory=list)
     changed: asyncio.Event = field(default_factory=asyncio.Event)
+    routed: asyncio.Event = field(default_factory=asyncio.Event)  # tool_notes are final
     done: bool = False
     adopted: bool = False
     error: Exception | None = None
@@ -121,6 +130,11 @@ class Speculation:
         finally:
             if self.task is not None and not self.done:
                 self.task.cancel()  # the reply was cut short: stop generating
+
+
+CONFIRM = "\x00confirm"  # marker in tool notes: ask before running this call
+YES_WORDS = {"yes", "yeah", "yep", "sure", "correct", "please", "ok", "okay", "confirm", "right", "go"}
+NO_WORDS = {"no", "nope", "don't", "dont", "not", "stop", "wait", "never"}
 
 
 class _Diverged(Exception):
@@ -152,6 +166,8 @@ class Conversation:
         self._lock = asyncio.Lock()
         self._tool_cache: dict[str, asyncio.Task] = {}
         self._spec: Speculation | None = None
+        # A side-effecting call waiting for the caller's yes: (tool, call).
+        self._pending: tuple[Tool, ToolCall] | None = None
         self._user_speaking = False
         # Fencing epoch from take_over: every commit carries it, so a replica
         # that lost the session to a newer stream cannot write.
@@ -167,12 +183,22 @@ class Conversation:
     async def start(self, resumed: bool) -> None:
         existed = await self.store.ensure_session(self.sid, self.agent.name)
         self.epoch = await self.store.take_over(self.sid, self.replica)
+        await self._load_pending()
         if existed or resumed:
             # Counted as a recovery by the edge, where it completes.
             await self._resume_pending()
         elif self.agent.greeting:
             self.reply = Reply(turn_id="a0", user_turn_id="")
             self.reply.task = self._spawn_reply(self._speak_fixed(self.reply, self.agent.greeting), "greeting")
+
+    async def _load_pending(self) -> None:
+        """A confirmation question asked before a takeover is still open."""
+        raw = (await self.store.turn_state(self.sid)).get("pending_call", "")
+        if raw:
+            data = json.loads(raw)
+            tool = next((t for t in self.tools if t.name == data["tool"]), None)
+            if tool is not None:
+                self._pending = (tool, ToolCall(tool.name, data["args"]))
 
     async def close(self) -> None:
         await cancel_all(self._tasks)
@@ -456,10 +482,11 @@ class Conversation:
                     task = self._tool_cache[call.key()] = spawn(self._run_tool(tool, call), self._tasks, f"tool-{tool.name}")
                 results[call.key()] = await asyncio.shield(task)
         found = [c for c in options if c.key() in results and results[c.key()].get("found", True)]
-        if len(found) == 1:
+        side_effecting = [c for c in options if not by_name[c.tool].read_only]
+        if len(found) == 1 and not side_effecting:
             chosen: ToolCall | None = found[0]
         else:
-            candidates = found or options
+            candidates = found + side_effecting or options
             grammar, _ = routing_grammar(self.tools, text, only=candidates)
             recent = " ".join(f"{m['role']}: {m['content']}" for m in history[-4:] if m.get("role") in ("user", "assistant"))
             answer = await self.llm.complete(self.sid, routing_prompt(self.tools, recent, text), grammar=grammar, max_tokens=24)
@@ -468,9 +495,30 @@ class Conversation:
             return []
         tool = by_name[chosen.tool]
         if not tool.read_only:
-            return []  # side-effecting tools go through the spoken-confirmation step
+            # Never run here: a side-effecting call needs the committed turn and,
+            # when the tool says so, the caller's spoken yes (see _confirmation).
+            return [(tool, chosen, CONFIRM)]
         result = results.get(chosen.key()) or await self._run_tool(tool, chosen)
         return [(tool, chosen, describe_result(chosen, result))]
+
+    async def _confirmation(self, text: str) -> list[tuple[Tool, ToolCall, str]] | None:
+        """The answer to a pending confirmation question: yes runs the call
+        (once: its result is kept per session), no drops it. None when the
+        caller said something else (the turn is handled as any other)."""
+        pending, self._pending = self._pending, None
+        if pending is None:
+            return None
+        await self.store.set_turn_state(self.sid, pending_call="")
+        tool, call = pending
+        words = set(words_of(text))
+        yes = bool(words & YES_WORDS) and not words & NO_WORDS
+        no = bool(words & NO_WORDS)
+        if yes:
+            result = await self._run_tool(tool, call)
+            return [(tool, call, describe_result(call, result))]
+        if no:
+            return [(tool, call, f"The caller said no. Nothing was done; {tool.name.replace('_', ' ')} was not run.")]
+        return None
 
     async def _run_tool(self, tool: Tool, call: ToolCall) -> dict:
         """Run a tool once per session and call: a completed call's result is
@@ -506,9 +554,29 @@ class Conversation:
             await self._resend(reply)
         else:
             await self.store.begin_reply(self.sid, reply.turn_id, epoch=self.epoch)
+        if spec is not None:
+            await spec.routed.wait()
+            if spec.error is not None and not spec.pieces:
+                spec = None  # the speculation failed early: do the work now
         if spec is None:
             history = await self.store.history(self.sid)
-            tool_notes = await self._route_tools(text, history)
+            tool_notes = await self._confirmation(text)
+            if tool_notes is None:
+                tool_notes = await self._route_tools(text, history)
+        else:
+            tool_notes = spec.tool_notes
+        asks = [(t, c) for t, c, note in tool_notes if note == CONFIRM]
+        if asks:
+            # Ask before a side effect: the question is the tool's own words.
+            tool, call = asks[0]
+            self._pending = (tool, call)
+            await self.store.set_turn_state(self.sid, pending_call=json.dumps({"tool": tool.name, "args": call.args}))
+            question = tool.confirm_question.format(**{k: spoken_number(v) for k, v in call.args.items()})
+            spec, tool_notes = None, []
+            pieces_override = [question]
+        else:
+            pieces_override = None
+        if spec is None and pieces_override is None:
             prompt = await self._prompt(reply.user_turn_id, tool_notes)
         chunker = ClauseChunker()
         next_id = 0
@@ -530,7 +598,9 @@ class Conversation:
             await self.send(opb.AgentCommand(say=opb.Say(turn_id=reply.turn_id, clause_id=cid, text=clause)))
 
         await self.store.set_turn_state(self.sid, state="speaking", reply_turn=reply.turn_id)
-        if spec is not None:
+        if pieces_override is not None:
+            pieces = _pieces(pieces_override)
+        elif spec is not None:
             pieces = spec.stream()  # generated while the user was still finishing the turn
         else:
             pieces = self._llm_stream(prompt, reply.turn_id)
@@ -565,7 +635,7 @@ class Conversation:
         the committed turn's text is the same, the reply is adopted and its
         first clause goes out at once; otherwise it is discarded. Reversible:
         nothing is said, stored or run with side effects."""
-        if not self.agent.llm.preemptive or not text.strip():
+        if not self.agent.llm.preemptive or not text.strip() or self._pending is not None:
             return
         current = self._spec
         if current is not None and current.utterance_id == utterance_id and current.matches(text):
@@ -580,6 +650,9 @@ class Conversation:
         try:
             history = await self.store.history(self.sid)
             spec.tool_notes = await self._route_tools(spec.text, history)
+            spec.routed.set()
+            if any(note == CONFIRM for _t, _c, note in spec.tool_notes):
+                return  # the committed turn asks first; nothing to generate
             prompt = await self._prompt(f"u{spec.utterance_id}", spec.tool_notes, history + [{"role": "user", "content": spec.text}])
             async with contextlib.aclosing(self._llm_stream(prompt, turn_id)) as pieces:
                 async for piece in pieces:
@@ -591,6 +664,7 @@ class Conversation:
             spec.error = exc
         finally:
             spec.done = True
+            spec.routed.set()
             spec.changed.set()
 
     def _drop_speculation(self) -> None:

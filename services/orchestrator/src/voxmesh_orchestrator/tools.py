@@ -83,6 +83,18 @@ class Tool:
 
     # How tool results are introduced to the model ("Order system: ...").
     source: str = "Tool result"
+    # Side-effecting tools are offered only when the caller said one of these
+    # words (a deterministic guard before the model, which is weak at
+    # negation: "don't cancel it" must not become a cancel).
+    triggers: tuple[str, ...] = ()
+    # Asked before a side-effecting call that requires confirmation.
+    confirm_question: str = ""
+
+    def offered(self, user_text: str) -> bool:
+        if self.read_only or not self.triggers:
+            return True
+        words = set(re.findall(r"[a-z']+", user_text.lower()))
+        return any(t in words for t in self.triggers)
 
     def calls(self, user_text: str) -> list["ToolCall"]:
         """Every call whose arguments the caller actually said."""
@@ -121,7 +133,7 @@ def routing_grammar(tools: list[Tool], user_text: str, only: list[ToolCall] | No
     """A GBNF grammar whose sentences are exactly the possible tool calls for
     this utterance (or `only` those) plus "none". None when no tool can apply
     (no candidate arguments), so no model call is needed at all."""
-    options = only if only is not None else [c for tool in tools for c in tool.calls(user_text)]
+    options = only if only is not None else [c for tool in tools if tool.offered(user_text) for c in tool.calls(user_text)]
     if not options:
         return None
     alts = [_gbnf_literal(render_call(c)) for c in options] + [_gbnf_literal("none")]
@@ -158,10 +170,21 @@ def routing_prompt(tools: list[Tool], history_text: str, user_text: str) -> list
 
 
 class OrderStore:
-    """The small order store that ships with the default agent (read-only)."""
+    """The small order store that ships with the default agent. Cancelling
+    changes this process's copy; the call itself is recorded per session in
+    Redis (Conversation._run_tool), so it is never repeated."""
 
     def __init__(self, path: pathlib.Path) -> None:
         self.orders: dict[str, dict] = json.loads(path.read_text())
+
+    async def cancel_order(self, order_id: str) -> dict:
+        order = self.orders.get(str(order_id))
+        if order is None:
+            return {"order_id": order_id, "found": False}
+        if order["status"] in ("delivered", "cancelled"):
+            return {"order_id": order_id, "found": True, "cancelled": False, "status": order["status"]}
+        order["status"] = "cancelled"
+        return {"order_id": order_id, "found": True, "cancelled": True, "status": "cancelled"}
 
     async def lookup_order(self, order_id: str) -> dict:
         order = self.orders.get(str(order_id))
@@ -181,16 +204,48 @@ def describe_result(call: ToolCall, result: dict) -> str:
             f"Order {oid} is {result['status']}. It contains {result['item']}, "
             f"shipped with {result['carrier']}, expected {result['eta']}."
         )
+    if call.tool == "cancel_order":
+        oid = " ".join(result["order_id"])
+        if not result.get("found"):
+            return f"There is no order with number {oid}. Nothing was cancelled."
+        if result.get("cancelled"):
+            return f"Order {oid} is now cancelled. The caller will not be charged."
+        return f"Order {oid} cannot be cancelled because it is {result['status']}."
     return json.dumps(result)
+
+
+def spoken_number(digits: str) -> str:
+    return " ".join(digits)
 
 
 def build_tools(names: tuple[str, ...], orders_path: pathlib.Path | None) -> list[Tool]:
     tools: list[Tool] = []
+    store = None
     for name in names:
-        if name == "lookup_order":
+        if name in ("lookup_order", "cancel_order") and store is None:
             if orders_path is None:
-                raise ValueError("lookup_order needs an order store (agent config 'orders')")
+                raise ValueError(f"{name} needs an order store (agent config 'orders')")
             store = OrderStore(orders_path)
+        if name == "cancel_order":
+            tools.append(
+                Tool(
+                    name="cancel_order",
+                    description="cancel an order (only when the caller clearly asks to cancel it)",
+                    params=(Param("order_id", "digits", "the order number"),),
+                    handler=store.cancel_order,
+                    read_only=False,
+                    requires_confirmation=True,
+                    source="Order system",
+                    triggers=("cancel", "cancelled", "cancellation"),
+                    confirm_question="Just to confirm, do you want me to cancel order {order_id}? Please say yes or no.",
+                    examples=(
+                        ("Please cancel order 1187.", {"order_id": "1187"}),
+                        ("I want to cancel my order number 9041", {"order_id": "9041"}),
+                    ),
+                )
+            )
+            continue
+        if name == "lookup_order":
             tools.append(
                 Tool(
                     name="lookup_order",
