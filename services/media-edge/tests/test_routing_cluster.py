@@ -4,10 +4,13 @@ lands on the wrong edge reaches the session's owner (offer, DELETE, reconnect),
 a draining edge takes no new sessions and keeps its live one, and a reconnect
 for a session whose edge died is taken over by a live edge.
 
-Signaling needs no stt/tts/orchestrator (the edges point at a closed port; the
-sessions' upstream loops just retry), so the test is about routing only. Clients
-are real aiortc PeerConnections; where a session must be live, its connection
-is completed over loopback."""
+Signaling needs no stt or tts (the edges point at a closed port; the sessions'
+stt loops just retry), so the test is about routing. The orchestrator is a TEST
+DOUBLE that puts every session mid-conversation (a committed user turn whose
+reply has not come yet), so a drain keeps it rather than moving it between
+turns. Clients are real aiortc PeerConnections; where a session must be live,
+its connection is completed over loopback. Reconnects use the real resume
+token from the create answer (the edges share the token secret)."""
 
 from __future__ import annotations
 
@@ -19,8 +22,10 @@ import pathlib
 import signal
 import subprocess
 import sys
+import time
 
 import aiohttp
+import grpc
 import pytest
 import redis.asyncio as aioredis
 from aiortc import RTCPeerConnection, RTCSessionDescription
@@ -28,12 +33,40 @@ from aiortc.mediastreams import AudioStreamTrack
 
 from voxmesh.core.webrtc import configure_ice_hosts
 from voxmesh.testing.servers import free_port, redis_server, wait_for_port
+from voxmesh.v1 import orchestrator_pb2 as opb
+from voxmesh.v1 import orchestrator_pb2_grpc
 
 NAMES = ("edge-0", "edge-1", "edge-2")
+SECRET = "test-secret-shared-by-the-edges"
+
+
+class OrchestratorDouble(orchestrator_pb2_grpc.OrchestratorServicer):
+    """TEST DOUBLE: config, then a user turn whose reply never comes, held open
+    until the edge ends the stream (a sync server: one pool thread per stream)."""
+
+    def Converse(self, request_iterator, context):
+        next(request_iterator)  # SessionStart
+        yield opb.AgentCommand(session_config=opb.SessionConfig(agent="test"))
+        yield opb.AgentCommand(user_turn=opb.UserTurn(turn_id="u1", text="where is my order"))
+        while context.is_active():
+            time.sleep(0.1)
+
+
+@pytest.fixture(scope="module")
+def orchestrator():
+    from concurrent.futures import ThreadPoolExecutor
+
+    server = grpc.server(ThreadPoolExecutor(max_workers=64))
+    orchestrator_pb2_grpc.add_OrchestratorServicer_to_server(OrchestratorDouble(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    yield f"127.0.0.1:{port}"
+    server.stop(0)
 
 
 class Edges:
-    def __init__(self, workdir: pathlib.Path, redis_url: str) -> None:
+    def __init__(self, workdir: pathlib.Path, redis_url: str, orchestrator: str) -> None:
+        self.orchestrator = orchestrator
         self.ports = {n: free_port() for n in NAMES}
         self.members = ",".join(f"{n}=127.0.0.1:{p}" for n, p in self.ports.items())
         self.workdir = workdir
@@ -50,7 +83,7 @@ class Edges:
             "VOXMESH_EDGE_MEMBERSHIP": "static", "VOXMESH_EDGE_MEMBERS": self.members,
             "VOXMESH_EDGE_REDIS_URL": self.redis_url,
             "VOXMESH_EDGE_STT_TARGET": "127.0.0.1:1", "VOXMESH_EDGE_TTS_TARGET": "127.0.0.1:1",
-            "VOXMESH_EDGE_ORCHESTRATOR_TARGET": "127.0.0.1:1",
+            "VOXMESH_EDGE_ORCHESTRATOR_TARGET": self.orchestrator, "VOXMESH_EDGE_TOKEN_SECRET": SECRET,
             # Long enough that a draining edge keeps its session for the whole test.
             "VOXMESH_EDGE_DRAIN_GRACE_S": "120",
             "VOXMESH_EDGE_OWNER_REFRESH_S": "1",
@@ -72,10 +105,10 @@ class Edges:
 
 
 @pytest.fixture(scope="module")
-def edges(tmp_path_factory):
+def edges(tmp_path_factory, orchestrator):
     workdir = tmp_path_factory.mktemp("edges")
     with redis_server(workdir / "redis", appendonly=False) as url:
-        e = Edges(workdir, url)
+        e = Edges(workdir, url, orchestrator)
         try:
             for name in NAMES:
                 e.start(name)
@@ -122,11 +155,22 @@ class Client:
         raise AssertionError(f"connection state {self.pc.connectionState}")
 
 
+TOKENS: dict[str, str] = {}
+
+
 async def create(http, edges, via: str, sdp: str, **headers) -> tuple[int, str, str, str]:
-    """POST an offer to edge `via`; (status, session id, served-by, answer)."""
+    """POST an offer to edge `via`; (status, session id, served-by, answer).
+    Keeps each session's resume token, and records its conversation in Redis
+    (what the orchestrator does for a live conversation) so it can be resumed."""
     async with http.post(f"{edges.url(via)}/v1/sessions", data=sdp, headers={"Content-Type": "application/sdp", **headers}) as r:
         body = await r.text()
-        return r.status, r.headers.get("X-Voxmesh-Session", ""), r.headers.get("X-Voxmesh-Edge", ""), body
+        sid = r.headers.get("X-Voxmesh-Session", "")
+        if r.status == 201:
+            TOKENS[sid] = r.headers["X-Voxmesh-Resume-Token"]
+            red = aioredis.from_url(edges.redis_url, decode_responses=True)
+            await red.hset(f"vm:s:{sid}:meta", "agent", "test")
+            await red.aclose()
+        return r.status, sid, r.headers.get("X-Voxmesh-Edge", ""), body
 
 
 async def sessions_on(http, edges) -> dict[str, int]:
@@ -184,7 +228,10 @@ async def test_offer_delete_and_reconnect_on_the_wrong_edge_reach_the_owner(edge
     # A reconnect (a new offer that names the session) on a non-owner: the owner
     # answers it, on the same session, and the new PeerConnection works.
     again = Client()
-    status, sid2, by, answer2 = await create(http, edges, others[1], await again.offer(), **{"X-Voxmesh-Resume": f"{sid}.proof"})
+    forged = TOKENS[sid].rsplit(".", 1)[0] + ".AAAAAAAAAAAAAAAAAAAAAA"
+    status, _, _, body = await create(http, edges, others[1], await again.offer(), **{"X-Voxmesh-Resume": forged})
+    assert status == 403, body  # a foreign token moves nothing
+    status, sid2, by, answer2 = await create(http, edges, others[1], await again.offer(), **{"X-Voxmesh-Resume": TOKENS[sid]})
     assert (status, sid2, by) == (201, sid, owner), answer2
     await again.connect(answer2)
     assert (await sessions_on(http, edges))[owner] == 1
@@ -244,10 +291,23 @@ async def test_a_draining_edge_takes_no_new_sessions_and_keeps_its_live_one(edge
     assert (await sessions_on(http, edges))["edge-2"] == 1
     async with http.get(f"{edges.url('edge-1')}/v1/sessions/{live}/history") as r:
         assert r.status == 200 and r.headers["X-Voxmesh-Edge"] == "edge-2"
-    async with http.delete(f"{edges.url('edge-0')}/v1/sessions/{live}") as r:
-        assert r.status == 200 and r.headers["X-Voxmesh-Edge"] == "edge-2"
+    # A reconnect of that session (the client moving, or its connection failing)
+    # does not go back to the draining edge: another edge takes the session over,
+    # and the draining edge lets its old connection go once its lease is lost.
+    again = Client()
+    status, sid2, by, answer2 = await create(http, edges, "edge-2", await again.offer(), **{"X-Voxmesh-Resume": TOKENS[live]})
+    assert status == 201 and sid2 == live and by in ("edge-0", "edge-1"), (status, by, answer2)
+    await again.connect(answer2)
+    for _ in range(50):
+        if (await sessions_on(http, edges))["edge-2"] == 0:
+            break
+        await asyncio.sleep(0.1)
+    assert (await sessions_on(http, edges))["edge-2"] == 0
+    async with http.delete(f"{edges.url('edge-2')}/v1/sessions/{live}") as r:
+        assert r.status == 200 and r.headers["X-Voxmesh-Edge"] == by
     await delete_all(http, edges, new)
     await client.pc.close()
+    await again.pc.close()
     await offerer.pc.close()
     # Leave edge-2 as the next test expects it: restarted, not draining.
     edges.procs["edge-2"].kill()
@@ -267,7 +327,7 @@ async def test_a_reconnect_for_a_dead_edges_session_is_taken_over(edges, http):
     edges.procs[owner].send_signal(signal.SIGKILL)
     edges.procs[owner].wait(10)
     again = Client()
-    status, sid2, by, answer2 = await create(http, edges, "edge-0", await again.offer(), **{"X-Voxmesh-Resume": sid})
+    status, sid2, by, answer2 = await create(http, edges, "edge-0", await again.offer(), **{"X-Voxmesh-Resume": TOKENS[sid]})
     assert status == 201 and sid2 == sid and by != owner, answer2
     await again.connect(answer2)
     r = aioredis.from_url(edges.redis_url, decode_responses=True)

@@ -55,6 +55,7 @@ from voxmesh.core.metrics import metric
 from voxmesh.core.routing.membership import EndpointSliceMembership, Member, Membership, StaticMembership
 from voxmesh.core.routing.owners import SessionOwners
 from voxmesh.core.routing.ring import EmptyRingError, Ring
+from voxmesh_edge import resume as resume_mod
 from voxmesh_edge.settings import EdgeSettings
 
 log = logging.getLogger(__name__)
@@ -75,8 +76,9 @@ SESSION_ID_KEY = web.RequestKey("voxmesh_session_id", str)
 RESUMED_KEY = web.RequestKey("voxmesh_resumed", bool)
 
 _SESSION_PATH = re.compile(r"^/v1/sessions/([^/]+)(?:/.*)?$")
-_REQUEST_HEADERS = ("Content-Type", "Accept", "Authorization", "If-Match", "If-None-Match", RESUME_HEADER)
-_RESPONSE_HEADERS = ("Content-Type", "Location", "X-Voxmesh-Session", "ETag", "Link", "Accept-Patch", "Retry-After", SERVED_BY)
+_REQUEST_HEADERS = ("Content-Type", "Accept", "Authorization", "If-Match", "If-None-Match", RESUME_HEADER, "X-Voxmesh-Resume-Token")
+_RESPONSE_HEADERS = ("Content-Type", "Location", "X-Voxmesh-Session", "X-Voxmesh-Resume-Token", "ETag", "Link", "Accept-Patch",
+                     "Retry-After", SERVED_BY)
 _REDIS_ERRORS = (redis.exceptions.RedisError, OSError, asyncio.TimeoutError)
 
 
@@ -86,16 +88,19 @@ class _LiveSession(Protocol):
     async def close(self) -> None: ...
 
 
+def _token(request: web.Request) -> str:
+    return (request.headers.get(RESUME_HEADER) or request.headers.get(resume_mod.RESPONSE_HEADER)
+            or request.query.get("resume") or "")
+
+
 def resume_session_id(request: web.Request) -> str | None:
     """The session a reconnect POST continues, or None for a new session.
 
-    Convention shared with the resume path (issue 5): the resume token is
-    `{session_id}.{proof}`, sent as the `X-Voxmesh-Resume` header or the `resume`
-    query parameter. Routing only needs the session id to find the owner; the
-    owner edge checks the proof. Replace `SessionRouter.resume_session_id` if
-    the token format differs."""
-    token = request.headers.get(RESUME_HEADER) or request.query.get("resume") or ""
-    sid = token.split(".", 1)[0].strip()
+    The resume token (voxmesh_edge.resume) is `{session_id}.{expiry}.{mac}`, sent
+    as the `X-Voxmesh-Resume` header or the `resume` query parameter; the session
+    id comes first so routing can find the owner. The proof is checked before
+    the router acts on it (and again by the edge that serves it)."""
+    sid = _token(request).split(".", 1)[0].strip()
     return sid if re.fullmatch(r"[A-Za-z0-9_-]{1,128}", sid) else None
 
 
@@ -227,21 +232,29 @@ class SessionRouter:
         resume = self.resume_session_id(request)
         previous: str | None = None
         if resume:
-            owner = await self._owner_of(resume)
             request[RESUMED_KEY] = True
-            if owner == self.name or resume in self._sessions():
+            # Check the proof before touching the owner record: a foreign token must
+            # not move (or forward) anyone's session. With a shared secret any edge
+            # can check it (voxmesh_edge.resume).
+            try:
+                resume_mod.verify(self.settings.token_secret, _token(request))
+            except resume_mod.TokenRefused as exc:
+                return self._mark(web.json_response({"error": str(exc)}, status=403))
+            owner = await self._owner_of(resume)
+            if (owner == self.name or resume in self._sessions()) and not self._is_draining():
                 request[SESSION_ID_KEY] = resume
                 return await self._serve_new(request, handler, resume, previous=None)
-            if owner is not None:
+            if owner is not None and owner != self.name:
                 member = self.membership.current.get(owner)
-                if member is not None and not self._is_suspect(owner):
+                if member is not None and not self._is_suspect(owner) and not await self._member_draining(owner):
                     # The owner is alive as far as we know: the reconnect is its
                     # business (it replaces the PeerConnection on the same session).
                     resp = await self._forward(request, await request.read(), member)
-                    if resp is not None:
+                    if resp is not None and not (resp.status == 503 and resp.headers.get(SERVED_BY) == owner):
                         return resp
-                # Gone from the membership, or not answering: take the session over.
-                previous = owner
+            # Its edge is gone from the membership, not answering, or draining (a
+            # moved client reconnects): place it again and take it over.
+            previous = owner
             sid = resume
         else:
             sid = uuid.uuid4().hex
@@ -337,6 +350,14 @@ class SessionRouter:
             return ring
         draining = [m for m, f in zip(ring.active, flags) if f]
         return ring.drain(*draining) if draining else ring
+
+    async def _member_draining(self, member: str) -> bool:
+        if member in self.membership.current.draining:
+            return True
+        try:
+            return bool(await self.redis.exists(self._drain_key(member)))
+        except _REDIS_ERRORS:
+            return False
 
     def _is_suspect(self, member: str) -> bool:
         return self._suspect.get(member, 0) > time.monotonic()
