@@ -19,6 +19,7 @@ def _call(args: argparse.Namespace) -> int:
             args.file, url=args.url.rstrip("/"), out=args.out, timeout=args.timeout,
             ice_hosts=tuple(h for h in args.ice_hosts.split(",") if h),
             barge_in=args.barge_in, barge_in_after_ms=args.barge_in_after,
+            then=args.then or (), reconnect=args.reconnect,
         )
     )
     if args.json:
@@ -29,6 +30,8 @@ def _call(args: argparse.Namespace) -> int:
         print(f"first audio after you stopped: {result['ttfa_ms']} ms")
         if "bargein_stop_ms" in result:
             print(f"agent stopped {result['bargein_stop_ms']} ms after you barged in")
+        for r in result["reconnects"]:
+            print(f"reconnected ({r['reason']}) to {r['url']} in {round((r['connected_at'] - r['lost_at']) * 1000)} ms")
         print(f"reply recorded to {result['reply_wav']}")
     return 0 if result["completed"] else 1
 
@@ -76,13 +79,16 @@ def main(argv: list[str] | None = None) -> None:
     sub = parser.add_subparsers(dest="cmd", required=True)
     c = sub.add_parser("call", help="play a WAV file to the agent over WebRTC and record its reply")
     c.add_argument("file")
-    c.add_argument("--url", default="http://127.0.0.1:8080")
+    c.add_argument("--url", default="http://127.0.0.1:8080", help="the edge, or several comma separated (reconnects try the others)")
     c.add_argument("--out", help="where to write the agent's reply (WAV)")
     c.add_argument("--json", action="store_true", help="print one JSON object")
     c.add_argument("--timeout", type=float, default=60.0)
     c.add_argument("--ice-hosts", default="127.0.0.1", help="local ICE host addresses, comma separated ('' = all interfaces)")
     c.add_argument("--barge-in", help="a second WAV to play over the agent's reply")
     c.add_argument("--barge-in-after", type=int, default=1000, metavar="MS", help="ms after the agent's first audio")
+    c.add_argument("--then", action="append", metavar="WAV", help="another turn, played after the previous reply (repeatable)")
+    c.add_argument("--reconnect", action="store_true",
+                   help="on a lost connection or a `move` from a draining edge, reattach to the conversation with its resume token")
     c.set_defaults(fn=_call)
     u = sub.add_parser("up", help="run Redis and the five services locally")
     u.add_argument("--workdir", default=".run")

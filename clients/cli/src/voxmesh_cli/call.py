@@ -10,11 +10,14 @@ received, so it includes the network, jitter buffers and decoding.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fractions
+import inspect
 import json
 import pathlib
 import tempfile
 import time
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -100,6 +103,10 @@ class FileMicrophone(MediaStreamTrack):
         wait = self.t0 + self._n * FRAME / RATE - time.monotonic()
         if wait > 0:
             await asyncio.sleep(wait)
+        elif wait < -1.0:
+            # Nobody took audio for a while (between two PeerConnections after a
+            # lost edge): like a live microphone, what was said meanwhile is gone.
+            self._n = int((time.monotonic() - self.t0) * RATE / FRAME)
         a = self._n * FRAME
         out = np.zeros(FRAME, np.int32)
         piece = self.pcm[a : a + FRAME]
@@ -155,6 +162,17 @@ class Recorder:
                 return start
         return None
 
+    def onsets(self, gap_s: float = 0.3) -> list[float]:
+        """Arrival times of agent audio that starts after at least gap_s of silence."""
+        out: list[float] = []
+        last_loud: float | None = None
+        for ts, pcm in self.chunks:
+            if dbfs(pcm) > SILENCE_DBFS:
+                if last_loud is None or ts - last_loud >= gap_s:
+                    out.append(ts)
+                last_loud = ts
+        return out
+
     def offset_at(self, t: float) -> float:
         """Seconds into the recording at arrival time t."""
         n = sum(c.size for ts, c in self.chunks if ts < t)
@@ -174,6 +192,84 @@ def write_wav(path: str | pathlib.Path, pcm: np.ndarray, rate: int = RATE) -> No
         w.writeframes(pcm.astype("<i2").tobytes())
 
 
+RESUME_HEADER = "X-Voxmesh-Resume"              # the token, sent back on a reconnect
+RESUME_TOKEN_HEADER = "X-Voxmesh-Resume-Token"  # the token, returned by a new session
+
+# Called with every data-channel event (a dict with "type", "t" = arrival
+# monotonic time, "conn" = connection number); may return an awaitable, which
+# runs as a task (tests time their kills with it).
+EventHook = Callable[[dict], Awaitable[None] | None]
+
+
+class Refused(Exception):
+    def __init__(self, status: int, body: str) -> None:
+        super().__init__(f"{status} {body}")
+        self.status = status
+
+
+@dataclass
+class Connection:
+    """One PeerConnection to one edge for the (possibly resumed) session."""
+
+    n: int
+    url: str
+    pc: RTCPeerConnection
+    location: str = ""
+    session_id: str = ""
+    token: str = ""
+    opened: float = 0.0
+    ready: bool = False       # the edge's `session` event arrived on it
+    moved: str = ""           # why the edge asked us to move ("" = it did not)
+
+
+async def _connect(http: aiohttp.ClientSession, n: int, url: str, mic: FileMicrophone, recorder: Recorder, events: list[dict],
+                   got_event: asyncio.Event, hooks: list, tasks: list[asyncio.Task], token: str = "") -> Connection:
+    pc = RTCPeerConnection()
+    pc.addTrack(mic)
+    channel = pc.createDataChannel("events")
+    conn = Connection(n, url, pc, opened=time.monotonic())
+
+    @channel.on("message")
+    def on_message(msg: str) -> None:
+        ev = json.loads(msg)
+        ev["t"] = time.monotonic()
+        ev["conn"] = n
+        if ev.get("type") == "session":
+            conn.ready = True
+            conn.token = ev.get("resume_token") or conn.token
+        elif ev.get("type") == "move":
+            conn.moved = ev.get("reason") or "moved"
+        events.append(ev)
+        got_event.set()
+        for hook in hooks:
+            res = hook(ev)
+            if inspect.isawaitable(res):
+                tasks.append(asyncio.ensure_future(res))
+
+    @pc.on("track")
+    def on_track(track) -> None:
+        if track.kind == "audio":
+            tasks.append(asyncio.ensure_future(recorder.run(track)))
+
+    await pc.setLocalDescription(await pc.createOffer())
+    headers = {"Content-Type": "application/sdp"}
+    if token:
+        headers[RESUME_HEADER] = token
+    try:
+        async with http.post(f"{url}/v1/sessions", data=pc.localDescription.sdp, headers=headers) as r:
+            body = await r.text()
+            if r.status != 201:
+                raise Refused(r.status, body)
+            conn.location = r.headers["Location"]
+            conn.token = r.headers.get(RESUME_TOKEN_HEADER, "") or token
+        conn.session_id = conn.location.rsplit("/", 1)[-1]
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=body, type="answer"))
+    except BaseException:
+        await pc.close()
+        raise
+    return conn
+
+
 async def call(
     wav: str,
     url: str = "http://127.0.0.1:8080",
@@ -183,52 +279,77 @@ async def call(
     barge_in: str | None = None,
     barge_in_after_ms: int = 1000,
     turns: int = 1,
+    then: Sequence[str] = (),
+    gap_s: float = 1.0,
+    reconnect: bool = False,
+    stall_s: float = 1.5,
+    on_event: EventHook | None = None,
 ) -> dict:
+    """Play `wav` (then each of `then`, one per turn, `gap_s` after the previous
+    reply finished) to the agent and record what comes back.
+
+    `url` may list several edges, comma separated. With `reconnect`, a lost
+    connection (ICE failed, or no agent audio frames for `stall_s`, as the edge
+    sends frames continuously) or a `move` from a draining edge is followed by a
+    new PeerConnection for the same conversation: POST /v1/sessions with the
+    resume token, to the other edges first, retrying until one accepts. The
+    microphone goes on in real time meanwhile (what is said while disconnected
+    is lost, as with a live microphone); the next turn waits for the new
+    connection."""
     configure_ice_hosts(ice_hosts)
+    urls = [u.strip().rstrip("/") for u in url.split(",") if u.strip()]
     pcm = load_wav_48k(wav)
     bounds = speech_bounds(pcm)
     if bounds is None:
         raise SystemExit(f"{wav}: no speech found")
+    later: list[tuple[np.ndarray, tuple[float, float]]] = []
+    for path in then:
+        p = load_wav_48k(path)
+        b = speech_bounds(p)
+        if b is None:
+            raise SystemExit(f"{path}: no speech found")
+        later.append((p, b))
     mic = FileMicrophone(pcm)
-    pc = RTCPeerConnection()
-    pc.addTrack(mic)
-    channel = pc.createDataChannel("events")
     events: list[dict] = []
     got_event = asyncio.Event()
     recorder = Recorder()
     tasks: list[asyncio.Task] = []
-
-    @channel.on("message")
-    def on_message(msg: str) -> None:
-        ev = json.loads(msg)
-        ev["t"] = time.monotonic()
-        events.append(ev)
-        got_event.set()
-
-    @pc.on("track")
-    def on_track(track) -> None:
-        if track.kind == "audio":
-            tasks.append(asyncio.ensure_future(recorder.run(track)))
-
-    await pc.setLocalDescription(await pc.createOffer())
-    result: dict = {}
+    hooks = [on_event] if on_event else []
+    reconnects: list[dict] = []
+    utterances: list[tuple[float, float]] = []  # (speech start, speech end) monotonic, per utterance played
     async with aiohttp.ClientSession() as http:
-        async with http.post(f"{url}/v1/sessions", data=pc.localDescription.sdp, headers={"Content-Type": "application/sdp"}) as r:
-            body = await r.text()
-            if r.status != 201:
-                await pc.close()
-                raise SystemExit(f"edge refused the session: {r.status} {body}")
-            location = r.headers["Location"]
-        await pc.setRemoteDescription(RTCSessionDescription(sdp=body, type="answer"))
-        session_id = location.rsplit("/", 1)[-1]
+        try:
+            conn = await _connect(http, 0, urls[0], mic, recorder, events, got_event, hooks, tasks)
+        except Refused as exc:
+            raise SystemExit(f"edge refused the session: {exc}") from None
+        session_id = conn.session_id
         deadline = time.monotonic() + timeout
         bargein_at: float | None = None
         bargein_onset: float | None = None
+        next_at: float | None = None
 
         def replies_done() -> int:
-            return sum(1 for e in events if e["type"] == "reply_done" or e["type"] == "interrupted")
+            return len({e.get("turn_id") for e in events if e["type"] in ("reply_done", "interrupted")})
+
+        def lost(c: Connection) -> str:
+            if c.moved:
+                return "move"
+            if c.pc.connectionState in ("failed", "closed"):
+                return c.pc.connectionState
+            last = recorder.chunks[-1][0] if recorder.chunks else c.opened
+            if time.monotonic() - max(last, c.opened + 2.0) > stall_s:
+                return "stall"
+            return ""
 
         while time.monotonic() < deadline:
+            if mic.t0 is not None and not utterances:
+                utterances.append((mic.t0 + bounds[0], mic.t0 + bounds[1]))
+            why = lost(conn) if reconnect else ""
+            if why:
+                conn = await _reconnect(http, conn, why, urls, mic, recorder, events, got_event, hooks, tasks, reconnects, deadline)
+                if conn is None:
+                    break
+                continue
             if mic.t0 is not None and barge_in and bargein_at is None:
                 first_audio = recorder.first_audible_after(mic.t0 + bounds[1])
                 if first_audio is not None:
@@ -236,9 +357,21 @@ async def call(
                     bb = speech_bounds(bpcm) or (0.0, 0.0)
                     bargein_at = mic.schedule(bpcm, first_audio + barge_in_after_ms / 1000)
                     bargein_onset = bargein_at + bb[0]
+                    utterances.append((bargein_onset, bargein_at + bb[1]))
                     turns += 1
-            done_needed = turns
-            if mic.t0 is not None and mic.played_s > bounds[1] and replies_done() >= done_needed:
+            spoken_all = mic.t0 is not None and time.monotonic() > utterances[-1][1] if utterances else False
+            if later and spoken_all and replies_done() >= turns:
+                # The next turn: once the reply is over and the connection is up.
+                healthy = conn.ready and recorder.chunks and time.monotonic() - recorder.chunks[-1][0] < 0.5
+                if next_at is None:
+                    next_at = time.monotonic() + gap_s
+                if healthy and time.monotonic() >= next_at:
+                    p, b = later.pop(0)
+                    at = mic.schedule(p, time.monotonic() + 0.1)
+                    utterances.append((at + b[0], at + b[1]))
+                    turns += 1
+                    next_at = None
+            if not later and spoken_all and replies_done() >= turns:
                 break
             got_event.clear()
             try:
@@ -247,14 +380,18 @@ async def call(
                 pass
         await asyncio.sleep(0.3)  # the last frames in flight
         history = None
-        async with http.get(f"{url}{location}/history") as r:
-            if r.status == 200:
-                history = (await r.json())["history"]
-        async with http.delete(f"{url}{location}") as r:
-            await r.read()
-    await pc.close()
+        if conn is not None:
+            with contextlib.suppress(aiohttp.ClientError, asyncio.TimeoutError):
+                async with http.get(f"{conn.url}{conn.location}/history") as r:
+                    if r.status == 200:
+                        history = (await r.json())["history"]
+                async with http.delete(f"{conn.url}{conn.location}") as r:
+                    await r.read()
+    if conn is not None:
+        await conn.pc.close()
     for t in tasks:
         t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
 
     speech_end = (mic.t0 or 0) + bounds[1]
     first = recorder.first_audible_after(speech_end)
@@ -273,6 +410,9 @@ async def call(
         "turns": [
             {"user": e["text"], "turn_id": e["turn_id"]} for e in events if e["type"] == "user_turn"
         ],
+        "reconnects": reconnects,
+        "events": events,
+        "audio_onsets": recorder.onsets(),
     }
     if barge_in:
         stop = recorder.silent_from(bargein_onset) if bargein_onset else None
@@ -281,3 +421,37 @@ async def call(
         result["agent_audio_until_s"] = recorder.offset_at(stop) if stop else None
         result["interrupted"] = [e["turn_id"] for e in events if e["type"] == "interrupted"]
     return result
+
+
+async def _reconnect(http, conn: Connection, why: str, urls: list[str], mic, recorder, events, got_event, hooks, tasks,
+                     reconnects: list[dict], deadline: float) -> Connection | None:
+    """A new PeerConnection for the same conversation, on any edge that takes
+    it: the others first (this one failed or is draining), each in turn, until
+    one accepts or the call's deadline passes. A 403 (foreign or stale token)
+    is final: the conversation cannot be resumed."""
+    t_lost = time.monotonic()
+    token = conn.token
+    # Closed first: the microphone track must have one consumer at a time.
+    await conn.pc.close()
+    if not token:
+        raise SystemExit("lost the connection and have no resume token")
+    order = [u for u in urls if u != conn.url] + [conn.url]
+    attempt = 0
+    while time.monotonic() < deadline:
+        url = order[attempt % len(order)]
+        attempt += 1
+        try:
+            new = await _connect(http, conn.n + 1, url, mic, recorder, events, got_event, hooks, tasks, token=token)
+        except Refused as exc:
+            if exc.status == 403:
+                raise SystemExit(f"cannot resume the conversation: {exc}") from None
+            new = None  # draining (503), owner unreachable (502), ...
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
+            new = None  # that edge is down
+        if new is not None:
+            reconnects.append({"reason": why, "lost_at": t_lost, "connected_at": time.monotonic(), "url": url,
+                               "attempts": attempt, "session_id": new.session_id})
+            return new
+        if attempt % len(order) == 0:
+            await asyncio.sleep(min(1.0, 0.1 * attempt))
+    return None
