@@ -58,7 +58,7 @@ $(PROTO_STAMP): proto/voxmesh/v1/*.proto $(STAMP)
 	$(PY) -m voxmesh.core.protogen proto libs/core/src
 
 $(SMART_TURN): | $(STAMP)
-	$(PY) services/stt/scripts/fetch_smart_turn.py --out $(SMART_TURN)
+	$(PY) services/stt/scripts/fetch_smart_turn.py $(SMART_TURN)
 
 # Debian packages, installed only when a command is missing.
 system-deps-run:
