@@ -1,6 +1,6 @@
 """Extract the Smart Turn v3.2 end-of-turn model (BSD-2) from the pipecat-ai wheel.
 
-    python services/stt/scripts/fetch_smart_turn.py [DEST]
+    python services/stt/scripts/fetch_smart_turn.py [--out DEST]
 
 DEST defaults to .cache/models/smart-turn-v3.2-cpu.onnx (git-ignored; the stt
 service's default `smart_turn_path`). Only the wheel is downloaded, with
@@ -69,8 +69,13 @@ def fetch(dest: pathlib.Path) -> pathlib.Path:
 
 
 def main() -> None:
-    dest = pathlib.Path(sys.argv[1] if len(sys.argv) > 1 else DEFAULT_DEST)
-    print(fetch(dest))
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default=DEFAULT_DEST, help=f"where to put the .onnx (default {DEFAULT_DEST})")
+    parser.add_argument("dest", nargs="?", help="same as --out")
+    args = parser.parse_args()
+    print(fetch(pathlib.Path(args.dest or args.out)))
 
 
 if __name__ == "__main__":

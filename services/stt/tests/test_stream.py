@@ -74,7 +74,8 @@ class Script:
 
 
 class EnergyVadDouble:
-    """Speech probability 0.95 for a 512-sample window with signal, 0.02 without."""
+    """Speech probability by the window's level: 0.95 for a scripted word, 0.4 for
+    low noise (between Silero's offset and onset thresholds), 0.02 for silence."""
 
     def __init__(self) -> None:
         self.pending = np.zeros(0, dtype=np.float32)
@@ -84,7 +85,8 @@ class EnergyVadDouble:
         n = buf.size // 512
         self.pending = buf[n * 512 :]
         win = buf[: n * 512].reshape(n, 512) if n else np.zeros((0, 512), dtype=np.float32)
-        return np.where(np.abs(win).mean(axis=1) > 0.01, 0.95, 0.02).astype(np.float32)
+        level = np.abs(win).mean(axis=1)
+        return np.where(level > 0.05, 0.95, np.where(level > 0.01, 0.4, 0.02)).astype(np.float32)
 
 
 class AsrDouble:
@@ -252,7 +254,9 @@ async def test_trailing_um_holds_then_the_turn_goes_on():
 
 
 async def test_maximum_wait_fires_when_the_model_never_says_complete():
-    s = Script(200, W("hello"), W("there", p_complete=0.0))
+    # "I think that" ends on a word that usually continues: the judgement holds,
+    # the speaker never goes on, the maximum wait ends the turn.
+    s = Script(200, W("I"), W("think"), W("that", p_complete=0.0))
     tl, _, _ = await play(s, tail_ms=3000, min_silence_ms=200, max_silence_ms=1500)
     assert_turn_shape(tl)
     (eot,) = tl.of(EndOfTurn)
@@ -263,7 +267,7 @@ async def test_maximum_wait_fires_when_the_model_never_says_complete():
 async def test_closed_sentence_that_prosody_doubts_waits_a_little():
     # Text "final" but audio p=0.1: between min and max silence (a comma pause
     # "..., please" must not end the turn at min_silence).
-    s = Script(200, W("cancel"), W("my"), W("subscription.", 0.1), 400, W("please.", 0.9))
+    s = Script(200, W("cancel"), W("my"), W("subscription.", 0.1), 300, W("please.", 0.9))
     tl, _, _ = await play(s, tail_ms=1500)
     assert_turn_shape(tl)
     assert [f.text for f in tl.of(Final)] == ["cancel my subscription. please."]
@@ -392,6 +396,31 @@ async def test_final_waits_for_the_speculative_decode_and_aclose_cancels_it():
     tl, _, stream = await play(s, asr=asr, tail_ms=600, flush=False)
     assert tl.of(Final) == [] and tl.of(EndOfTurn) == []
     assert all(task.done() for task in stream._tasks)  # aclose ended every task it started
+
+
+async def test_turn_longer_than_the_decode_window_keeps_every_word():
+    words = "one two three four five six seven eight nine ten eleven twelve".split()
+    items: list = [200]
+    for i, w in enumerate(words):
+        items.append(W(w + ("." if i == len(words) - 1 else ""), 0.95 if i == len(words) - 1 else 0.1))
+        if i % 4 == 3:
+            items.append(150)  # short breaths: SpeechStopped, no end of turn
+    s = Script(*items)
+    tl, asr, _ = await play(s, tail_ms=800, max_window_s=1.5, interim_results=True)
+    assert_turn_shape(tl)
+    (final,) = tl.of(Final)
+    assert final.text == " ".join(words) + "."
+    # the older audio was decoded once and frozen; no decode saw the whole turn
+    assert max(n for _, n, _ in asr.calls) < len(s.pcm)
+
+
+async def test_steady_noise_after_speech_does_not_hold_the_turn_open():
+    s = Script(200, W("hello"), W("there.", 0.95))
+    spike = np.full(512, 2000, np.int16)  # one window that crosses the onset threshold
+    noise = np.full(3 * SR, 800, np.int16)  # then noise the VAD scores at 0.4
+    s.pcm = np.concatenate([s.pcm, np.zeros(3200, np.int16), spike, noise])
+    tl, _, _ = await play(s, tail_ms=0, flush=False)
+    assert len(tl.of(EndOfTurn)) == 1
 
 
 def test_stable_between():

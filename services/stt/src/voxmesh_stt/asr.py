@@ -8,11 +8,13 @@ one encoder pass + one bounded greedy/beam search at temperature 0:
 
 - the encoder sees the clip padded with `pad_s` of silence instead of 30 s (the
   CTranslate2 encoder accepts shorter inputs and slices its position embeddings);
-  measured 3-5x cheaper for utterance-length clips at the same word error rate.
-  With little padding, clips cut mid-word loop ("where is my door? where is my
-  door?": 8 of 50 cut clips at 3 s of padding, 0 at 10 s), so the default is 8 s,
-  and a result that still looks like a loop (hit the token bound, compresses too
-  well, a block repeated back to back) is redone once on the full 30 s window;
+  measured 2-4x cheaper for utterance-length clips at the same word error rate.
+  Whisper expects much silence after the words: with little padding it loops or
+  starts the sentence over ("where is my door? where is my door?": 8 of 50 cut
+  clips at 3 s of padding, 0 at 10 s; complete sentences restart at 3-4 s), so
+  the default is 8 s, and a result that still looks like a loop (hit the token
+  bound, compresses too well, a block said again) is redone once on the full
+  30 s window (finals) or cut where the repetition starts (interims);
 - the token budget is bounded by the clip length;
 - a `prefix` (the stable part of earlier interims) is forced into the decoder, so
   later results keep it by construction and the search only covers the new words.
@@ -75,41 +77,44 @@ def _words(text: str) -> list[str]:
     return ["".join(ch for ch in w.lower() if ch.isalnum() or ch == "'") for w in text.split()]
 
 
-def repeated_span(text: str) -> tuple[int, int] | None:
-    """(start, length) in words of a block that repeats back to back: the mark of
-    a decoder loop ("where is my door? where is my door?"). Blocks of two or more
-    words, or one word five times; "five five five" is a phone number, not a loop."""
+def repeat_start(text: str) -> int | None:
+    """Index (in words) where a decoder loop starts repeating, or None.
+
+    A loop shows as a block said again: back to back for two or more words
+    ("where is my door? where is my door?"), or a block of three or more words
+    that comes back later ("can you tell me when the package will arrive? can you
+    tell me when the package"), or one word five times in a row. "five five five"
+    (a phone number) is not a loop."""
     w = _words(text)
     n = len(w)
+    best: int | None = None
     for k in range(2, n // 2 + 1):
         for i in range(0, n - 2 * k + 1):
             if w[i : i + k] == w[i + k : i + 2 * k]:
-                return i, k
+                best = i + k if best is None else min(best, i + k)
+                break
+    for i in range(0, n - 5):
+        for j in range(i + 3, n - 2):
+            if w[i : i + 3] == w[j : j + 3]:
+                best = j if best is None else min(best, j)
+                break
     run = 1
     for i in range(1, n):
         run = run + 1 if w[i] == w[i - 1] and w[i] else 1
         if run >= 5:
-            return i - 4, 1
-    return None
+            best = i - 3 if best is None else min(best, i - 3)
+            break
+    return best
 
 
-def collapse_repeats(text: str) -> str:
-    """Drop the repeated copies of a looping block (last resort, both windows looped)."""
-    for _ in range(8):
-        span = repeated_span(text)
-        if span is None:
-            return text
-        i, k = span
-        toks = text.split()
-        j = i + k
-        while _words(" ".join(toks[j : j + k])) == _words(" ".join(toks[i : i + k])):
-            j += k
-        text = " ".join(toks[: i + k] + toks[j:])
-    return text
+def cut_repeat(text: str) -> str:
+    """The text before a loop's first repetition."""
+    j = repeat_start(text)
+    return text if j is None else " ".join(text.split()[:j])
 
 
 def looks_looped(text: str) -> bool:
-    return _compression_ratio(text) > 2.4 or repeated_span(text) is not None
+    return _compression_ratio(text) > 2.4 or repeat_start(text) is not None
 
 
 class WhisperAsr:
@@ -141,10 +146,14 @@ class WhisperAsr:
         *,
         beam_size: int = 1,
         prefix: str = "",
-        pad_s: float = 3.0,
+        pad_s: float = 8.0,
         max_tokens_per_s: float = 8.0,
+        redo_loops: bool = True,
     ) -> DecodeResult:
-        """Transcribe float32 16 kHz `audio` (at most 30 s) that must start with `prefix`."""
+        """Transcribe float32 16 kHz `audio` (at most 30 s) that must start with `prefix`.
+        A result that looks like a loop is redone on the full window when
+        `redo_loops` (finals), else cut where the repetition starts (interims:
+        cheap, and the next interim decodes again anyway)."""
         import ctranslate2
 
         t0 = time.perf_counter()
@@ -180,14 +189,16 @@ class WhisperAsr:
         ids, no_speech, logprob, hit_bound = run(window)
         text = self._text(ids, prefix_tokens)
         fallback = False
-        if window < FULL_WINDOW_S and (hit_bound or looks_looped(text)):
+        if redo_loops and window < FULL_WINDOW_S and (hit_bound or looks_looped(text)):
             # Looks like a repetition loop: the short window is the likely cause.
             fallback = True
             window = FULL_WINDOW_S
             ids, no_speech, logprob, hit_bound = run(window)
             text = self._text(ids, prefix_tokens)
         if looks_looped(text):
-            text = collapse_repeats(text)
+            text = cut_repeat(text)
+            if prefix and not text.startswith(prefix.strip()):
+                text = prefix.strip()
         if not prefix_tokens and no_speech > 0.6 and logprob < -1.0:
             # Whisper's own silence rule: a cough or noise that passed the VAD, from
             # which it would otherwise make up a sentence.

@@ -51,6 +51,8 @@ class Engine:
     """The models and executors every stream of the process shares."""
 
     def __init__(self, settings: SttSettings) -> None:
+        if settings.turn_policy not in ("fused", "audio"):
+            raise ValueError(f"VOXMESH_STT_TURN_POLICY must be fused or audio, got {settings.turn_policy!r}")
         self.settings = settings
         self.asr = asr_mod.shared_asr(settings.model_dir, settings.compute_type, settings.cpu_threads)
         self.scheduler = asr_mod.DecodeScheduler("stt-asr")
@@ -63,8 +65,12 @@ class Engine:
         s = self.settings
         beam = s.interim_beam_size if kind == "interim" else s.final_beam_size
 
+        pad = s.encoder_pad_s if kind == "interim" else s.final_encoder_pad_s
+
         def job() -> asr_mod.DecodeResult:
-            return self.asr.decode(audio, beam_size=beam, prefix=prefix, pad_s=s.encoder_pad_s, max_tokens_per_s=s.max_tokens_per_s)
+            return self.asr.decode(
+                audio, beam_size=beam, prefix=prefix, pad_s=pad, max_tokens_per_s=s.max_tokens_per_s, redo_loops=kind != "interim"
+            )
 
         # Cancelling the awaiting task cancels the job if it has not started.
         result = await asyncio.wrap_future(self.scheduler.submit(_PRIORITY[kind], job))
@@ -136,11 +142,13 @@ def stream_config(settings: SttSettings, cfg: stt_pb2.TranscribeConfig) -> Strea
         eou_threshold=t.eou_threshold or settings.eou_threshold,
         preroll_ms=settings.preroll_ms,
         speech_pad_ms=settings.speech_pad_ms,
+        speculative_after_ms=settings.speculative_after_ms,
         interim_first_ms=settings.interim_first_ms,
         interim_interval_ms=settings.interim_interval_ms,
         interim_cpu_share=settings.interim_cpu_share,
         max_window_s=settings.max_window_s,
         false_eou_window_ms=settings.false_eou_window_ms,
+        turn_policy=settings.turn_policy,
     )
 
 
@@ -213,7 +221,8 @@ class SttServicer(stt_pb2_grpc.SttServicer):
                     if isinstance(item, BadRequest):
                         await self._reject(context, str(item))
                         return
-                    raise item
+                    await context.abort(grpc.StatusCode.INTERNAL, f"stt stream failed: {type(item).__name__}: {item}")
+                    return
                 yield to_proto(item)
         finally:
             if reader is not None and not reader.done():

@@ -42,6 +42,10 @@ class SttSettings:
     # Consecutive silent ms after speech before SpeechStopped fires (the VAD's
     # hangover; the offset reported is the end of the last speech window).
     speech_pad_ms: int = 96
+    # Silent ms after speech at which the speculative final decode starts (before
+    # SpeechStopped: the end-of-turn decision waits for this decode, since the
+    # Final must precede EndOfTurn). Speech that resumes makes it stale.
+    speculative_after_ms: int = 64
 
     # --- decoding --------------------------------------------------------------
     # Beam for interim decodes (greedy: they are thrown away soon) and the final.
@@ -55,11 +59,15 @@ class SttSettings:
     # error rate); less padding makes clips cut mid-word loop. A decode that looks
     # like a loop is redone on the full window. 0 = always the full 30 s window.
     encoder_pad_s: float = 8.0
+    # The same for speculative and final decodes. Less padding is cheaper, but a
+    # complete sentence then tends to start over ("...arrive? Can you tell me"),
+    # and the redo on the full window costs more than the padding saved.
+    final_encoder_pad_s: float = 8.0
 
     # --- interim cadence and CPU budget ----------------------------------------
     # First interim once this much turn audio is there, then every interim_interval_ms
     # of new audio at the earliest.
-    interim_first_ms: int = 480
+    interim_first_ms: int = 400
     interim_interval_ms: int = 400
     # Share of the decode executor one stream's interims may use: after a decode of
     # d seconds the next waits at least d / share.
@@ -67,6 +75,11 @@ class SttSettings:
     # Longest turn audio decoded in one window; beyond it the oldest part is
     # decoded once and frozen (Whisper's window is 30 s).
     max_window_s: float = 24.0
+
+    # How a pause is judged: "fused" (Smart Turn on the audio + the transcript's last
+    # words, see policy.py) or "audio" (Smart Turn alone, as Pipecat does; kept for
+    # the benchmark's comparison).
+    turn_policy: str = "fused"
 
     # A turn that ended (model or silence) and whose speaker resumes within this
     # time is counted as a false end of turn.

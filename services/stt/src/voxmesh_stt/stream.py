@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from voxmesh.core.metrics import metric
-from voxmesh_stt.policy import judge
+from voxmesh_stt.policy import Judgement, judge
 
 log = logging.getLogger(__name__)
 
@@ -111,13 +111,17 @@ class StreamConfig:
     eou_threshold: float = 0.5
     preroll_ms: int = 300
     speech_pad_ms: int = 96
-    interim_first_ms: int = 480
+    speculative_after_ms: int = 64
+    interim_first_ms: int = 400
     interim_interval_ms: int = 400
     interim_cpu_share: float = 0.5
     max_window_s: float = 24.0
     false_eou_window_ms: int = 1500
     # Decode jobs (running + waiting) in the process above which interims are skipped.
     max_backlog: int = 1
+    # "fused": turn model + transcript (policy.judge); "audio": the turn model alone,
+    # as Pipecat uses Smart Turn (complete -> min_silence_ms, else max_silence_ms).
+    turn_policy: str = "fused"
 
 
 @dataclass(frozen=True)
@@ -186,6 +190,7 @@ class _Turn:
     decode_seconds: float = 0.0
     closing: bool = False
     pauses: list[int] = field(default_factory=list)  # sample index of each speech end
+    window_probs: list[float] = field(default_factory=list)  # VAD probability per window, last few s
 
     def text_with(self, segment_text: str) -> str:
         return f"{self.committed} {segment_text}".strip() if self.committed else segment_text
@@ -301,16 +306,29 @@ class TurnStream:
         cfg = self.cfg
         start = end - WINDOW
         t = self._turn
+        if t is not None:
+            t.window_probs.append(p)
+            if len(t.window_probs) > 4 * SAMPLE_RATE // WINDOW:
+                del t.window_probs[: SAMPLE_RATE // WINDOW]
         if self._in_speech:
             assert t is not None
             if p >= self._neg:
+                if t.speculative is not None and t.speculative_end > t.last_speech_end:
+                    # a dip inside a word, not a pause: the early speculative is stale
+                    self._cancel(t.speculative)
+                    t.speculative = None
                 t.last_speech_end = end
                 t.last_speech_end_wall = self._clock()
-            elif self._ms(end - t.last_speech_end) >= cfg.speech_pad_ms:
+                return
+            silent_ms = self._ms(end - t.last_speech_end)
+            if silent_ms >= cfg.speech_pad_ms:
                 self._in_speech = False
                 self._new_pause(t)
                 t.pauses.append(t.last_speech_end)
                 self._emit(SpeechStopped(t.utterance_id, self.offset_ms(t.last_speech_end)))
+            if silent_ms >= min(cfg.speculative_after_ms, cfg.speech_pad_ms) and (
+                t.speculative is None or t.speculative_end <= t.last_speech_end
+            ):
                 self._start_speculative(t, end)
             return
 
@@ -322,7 +340,12 @@ class TurnStream:
             if self._cand_windows >= self._min_speech_windows:
                 self._onset(self._cand_start, end)
                 return
-        elif p < self._neg:
+        elif p < self._neg or (
+            self._cand_start is not None and end - self._cand_start > (3 * self._min_speech_windows + 2) * WINDOW
+        ):
+            # Below the offset threshold, or hovering between the thresholds for too
+            # long without confirming (steady noise): not an onset. Without the
+            # second rule a noisy room would hold every turn open forever.
             self._cand_start = None
             self._cand_windows = 0
 
@@ -422,13 +445,13 @@ class TurnStream:
                 p_audio = -1.0
         finally:
             model_task.cancel()
-        verdict = judge(
-            p_audio,
-            t.text_with(text),
-            min_silence_ms=self.cfg.min_silence_ms,
-            max_silence_ms=self.cfg.max_silence_ms,
-            threshold=self.cfg.eou_threshold,
-        )
+        cfg = self.cfg
+        if cfg.turn_policy == "audio":
+            complete = p_audio >= cfg.eou_threshold
+            verdict = Judgement(p_audio, cfg.min_silence_ms if complete else cfg.max_silence_ms, "audio")
+        else:
+            verdict = judge(p_audio, t.text_with(text), min_silence_ms=cfg.min_silence_ms, max_silence_ms=cfg.max_silence_ms,
+                            threshold=cfg.eou_threshold)
         async with self._lock:
             if self._turn is not t or t.closing or t.pause_id != pause_id or self._closed:
                 return
@@ -526,7 +549,15 @@ class TurnStream:
         if self._scored - t.seg_start <= limit:
             return
         pauses = [p for p in t.pauses if p - t.seg_start >= limit // 3]
-        cut = pauses[-1] if pauses else self._scored - SAMPLE_RATE // 2
+        if pauses:
+            cut = pauses[-1]  # a word boundary: neither side gets half a word
+        elif self._scored - t.seg_start > limit + limit // 6:
+            # No pause for a long time: cut at the quietest window of the last second.
+            recent = t.window_probs[-(SAMPLE_RATE // WINDOW) :]
+            quietest = int(np.argmin(recent)) if recent else len(recent) - 1
+            cut = self._scored - (len(recent) - quietest) * WINDOW + WINDOW // 2
+        else:
+            return  # wait a little for a pause (max_window_s leaves Whisper's 30 s some room)
         audio = self._audio(t.seg_start, cut).copy()
         self._cancel(t.interim_task)
         try:

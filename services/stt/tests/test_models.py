@@ -1,0 +1,90 @@
+"""The model wrappers with the real models: Silero VAD, Smart Turn v3.2, Whisper."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from voxmesh.testing.speech import read_pcm16, say_to_wav, word_error_rate
+from voxmesh_stt import smart_turn
+from voxmesh_stt.asr import DecodeScheduler, cut_repeat, repeat_start, shared_asr
+from voxmesh_stt.vad import VadState, shared_model
+
+
+@pytest.fixture(scope="module")
+def sentence(speech_dir):
+    path = speech_dir / "models-sentence.wav"
+    if not path.exists():
+        say_to_wav("I would like to change my delivery address please.", path, lead_silence=0.5, tail_silence=0.5)
+    pcm, _ = read_pcm16(path)
+    return pcm.astype(np.float32) / 32768
+
+
+def test_vad_streaming_matches_one_batch_and_finds_the_speech(sentence):
+    whole = VadState(shared_model())(sentence)
+    state = VadState(shared_model())
+    pieces = np.concatenate([state(sentence[i : i + 333]) for i in range(0, sentence.size, 333)])
+    assert np.allclose(whole, pieces, atol=1e-5)  # state and context carry across pieces
+    speech = whole > 0.5
+    assert not speech[:10].any() and not speech[-10:].any()  # the 0.5 s of padding
+    assert speech.mean() > 0.5
+    assert VadState(shared_model())(np.zeros(16000, np.float32)).max() < 0.1
+
+
+def test_log_mel_matches_whisper_conventions():
+    from faster_whisper.feature_extractor import FeatureExtractor
+
+    # Same Slaney mel filters as faster-whisper's extractor (an independent implementation).
+    assert np.allclose(smart_turn.mel_filters(), FeatureExtractor().mel_filters, atol=1e-7)
+    feats = smart_turn.prepare(np.random.default_rng(0).normal(0, 0.1, 3 * 16000).astype(np.float32))
+    assert feats.shape == (1, 80, 800) and feats.dtype == np.float32
+    assert feats.max() <= 1.5 and feats.max() - feats.min() <= 2.0 + 1e-6  # clamped to 8 log10 units, /4
+
+
+def test_smart_turn_model_runs(smart_turn_path, sentence):
+    model = smart_turn.load(smart_turn_path)
+    assert model is not None
+    p = model(sentence)
+    assert 0.0 <= p <= 1.0
+    assert smart_turn.load("") is None and smart_turn.load("/nonexistent.onnx") is None
+
+
+def test_whisper_decode_bounds_and_prefix(sentence):
+    asr = shared_asr()
+    full = asr.decode(sentence, beam_size=2)
+    assert word_error_rate("I would like to change my delivery address please.", full.text) <= 0.2
+    assert full.window_s < 30  # padded clip, not Whisper's 30 s window
+    forced = asr.decode(sentence, prefix="I would like")
+    assert forced.text.startswith("I would like")
+    assert asr.decode(np.zeros(16000, np.float32)).text == ""
+
+
+def test_loop_detection():
+    assert repeat_start("Where is my door? Where is my door?") == 4
+    assert repeat_start("my number is five five five one two") is None
+    assert cut_repeat("Where is my door? Where is my door?") == "Where is my door?"
+    assert cut_repeat("Can you tell me when it arrives? Can you tell me when") == "Can you tell me when it arrives?"
+    assert cut_repeat("Hello? Hello? Hello? Hello? Hello") == "Hello?"
+
+
+async def test_scheduler_runs_by_priority_and_drops_cancelled_work():
+    import asyncio
+    import threading
+
+    sched = DecodeScheduler("test")
+    gate = threading.Event()
+    order: list[str] = []
+    try:
+        blocker = sched.submit(2, lambda: gate.wait(5))
+        low = sched.submit(2, lambda: order.append("interim"))
+        stale = sched.submit(1, lambda: order.append("stale"))
+        high = sched.submit(0, lambda: order.append("final"))
+        stale.cancel()
+        assert sched.backlog() == 3  # running + two waiting
+        gate.set()
+        await asyncio.wrap_future(low)
+        await asyncio.wrap_future(blocker)
+        await asyncio.wrap_future(high)
+        assert order == ["final", "interim"]
+    finally:
+        sched.close()
