@@ -249,3 +249,18 @@ async def test_side_effecting_tool_is_dropped_on_no():
     await asyncio.sleep(15)
     assert cancels == []
     assert any("said no" in m["content"] for m in llm.calls[-1]["messages"] if m["role"] == "system")
+
+
+async def test_a_long_history_is_trimmed_to_the_budget_but_kept_in_redis():
+    conv, store, llm, edge = await setup()
+    for i in range(200):
+        await store.commit_message("s1", f"u{i}", {"role": "user", "content": f"question number {i} " + "x" * 80})
+        await store.commit_message("s1", f"a{i}", {"role": "assistant", "content": f"answer number {i} " + "y" * 80})
+    await user_says(conv, 1000, "And the last one?")
+    await asyncio.sleep(15)
+    prompt = llm.calls[-1]["messages"]
+    history_chars = sum(len(m["content"]) for m in prompt if m["role"] in ("user", "assistant"))
+    assert history_chars <= conv.agent.llm.history_chars + 500  # + the demonstration
+    assert prompt[-1]["content"] == "And the last one?"
+    assert "answer number 199" in prompt[-2]["content"]
+    assert len(await store.history("s1")) == 402

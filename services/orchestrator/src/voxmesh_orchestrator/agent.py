@@ -34,6 +34,9 @@ class LlmConfig:
     # Start generating when the user stops speaking, before the turn is
     # committed; adopted if the committed text is the same, else discarded.
     preemptive: bool = True
+    # Characters of recent history sent with each request (about 4 per token;
+    # the default fits SmolLM2's 4096-token context with room for the reply).
+    history_chars: int = 8000
 
 
 @dataclass(frozen=True)

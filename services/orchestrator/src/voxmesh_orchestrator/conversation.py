@@ -441,11 +441,21 @@ class Conversation:
                     {"role": "system", "content": f"{tool.source}: {demo_note}"},
                     {"role": "assistant", "content": answer},
                 ]
+        turns: list[dict] = []
         for m in history if history is not None else await self.store.history(self.sid):
             if m.get("role") in ("user", "assistant") and m.get("content"):
-                msgs.append({"role": m["role"], "content": m["content"]})
+                turns.append({"role": m["role"], "content": m["content"]})
             if m.get("turn_id") == user_turn:
                 break
+        # Keep the most recent turns that fit the budget (the llm refuses a
+        # prompt longer than its context); the history in Redis stays whole.
+        budget, kept = self.agent.llm.history_chars, []
+        for m in reversed(turns):
+            budget -= len(m["content"])
+            if budget < 0 and kept:
+                break
+            kept.append(m)
+        msgs += reversed(kept)
         for tool, _call, note in tool_notes:
             msgs.append({"role": "system", "content": f"{tool.source}: {note}"})
         return msgs
