@@ -29,7 +29,7 @@ EVERY_CALL = {
 # In the metrics contract and read by the chart, recorded by no service yet.
 PENDING: set[str] = set()
 
-PROMPT = "Hello. What is the status of order four two one nine?"
+PROMPT = "Where is my order four two one nine?"
 
 
 def exported_types(text: str) -> dict[str, str]:
