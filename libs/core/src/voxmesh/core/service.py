@@ -30,6 +30,12 @@ GRPC_OPTIONS = [
     ("grpc.keepalive_timeout_ms", 5_000),
     ("grpc.http2.max_pings_without_data", 0),
     ("grpc.keepalive_permit_without_calls", 1),
+    # Server side: accept those pings. By default a server allows one ping per
+    # 5 minutes without data and answers more with GOAWAY "too_many_pings",
+    # which broke every quiet Converse stream (no events for ~20 s) and every
+    # channel of an idle edge.
+    ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+    ("grpc.http2.max_ping_strikes", 0),
 ]
 
 # Register servicers on the server; return an optional async cleanup.
