@@ -30,10 +30,21 @@ class LlmClient:
     def __init__(self, targets: tuple[str, ...] | list[str]) -> None:
         if not targets:
             raise ValueError("no llm targets")
-        self.targets = list(targets)
-        self.ring = Ring(self.targets)
         self._stubs: dict[str, llm_pb2_grpc.LlmStub] = {}
         self._channels: list[grpc.aio.Channel] = []
+        self.set_members({t: t for t in targets})
+
+    def set_members(self, members: dict[str, str]) -> None:
+        """Replica name -> address. The ring hashes names (stable pod names in
+        a cluster), so a replica that restarts with a new address keeps its
+        sessions. An empty set keeps the last known one (an API outage must
+        not leave the orchestrator with no llm at all)."""
+        if not members:
+            log.warning("llm membership is empty; keeping the last known replicas")
+            return
+        self.members = dict(members)
+        self.targets = list(self.members.values())
+        self.ring = Ring(list(self.members))
 
     def _stub(self, target: str) -> llm_pb2_grpc.LlmStub:
         stub = self._stubs.get(target)
@@ -74,7 +85,8 @@ class LlmClient:
             seed=seed,
         )
         last_error: Exception | None = None
-        for target in self.ring.owners(session_id, len(self.targets)):
+        for name in self.ring.owners(session_id, len(self.members)):
+            target = self.members[name]
             call = self._stub(target).Generate(req)
             started = False
             try:

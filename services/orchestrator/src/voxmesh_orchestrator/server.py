@@ -136,6 +136,16 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServicer):
             log.info("converse closed")
 
 
+async def follow_llm_membership(settings: OrchestratorSettings, llm: LlmClient) -> None:
+    """Keep the llm ring on the ready pods of the llm Service."""
+    from voxmesh.core.routing.membership import EndpointSliceMembership
+
+    async with EndpointSliceMembership(settings.llm_service, settings.namespace or None, port_name=settings.llm_port_name) as members:
+        async for snapshot in members.changes():
+            llm.set_members({name: m.address for name, m in snapshot.ready.items()})
+            log.info("llm replicas", extra={"replicas": len(snapshot.ready)})
+
+
 async def main() -> None:
     settings = from_env(OrchestratorSettings, "VOXMESH_ORCHESTRATOR")
     store = SessionStore.from_url(settings.redis_url, settings.session_ttl_s)
@@ -144,10 +154,18 @@ async def main() -> None:
 
     stop = asyncio.Event()
 
+    membership_task = None
+    if settings.llm_membership == "kubernetes":
+        membership_task = asyncio.get_running_loop().create_task(follow_llm_membership(settings, llm))
+    elif settings.llm_membership != "static":
+        raise ValueError(f"VOXMESH_ORCHESTRATOR_LLM_MEMBERSHIP must be static or kubernetes, not {settings.llm_membership!r}")
+
     async def setup(server: grpc.aio.Server):
         orchestrator_pb2_grpc.add_OrchestratorServicer_to_server(OrchestratorServicer(settings, store, llm, draining=stop), server)
 
         async def cleanup() -> None:
+            if membership_task is not None:
+                membership_task.cancel()
             await llm.close()
             await store.close()
 

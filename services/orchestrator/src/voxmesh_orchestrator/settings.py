@@ -12,6 +12,12 @@ class OrchestratorSettings:
     redis_url: str = "redis://127.0.0.1:6379/0"
     # llm replicas as host:port; a session's calls stay on one (prefix-cache affinity).
     llm_targets: tuple[str, ...] = ("127.0.0.1:50052",)
+    # "static": llm_targets as given. "kubernetes": the ready pods of the llm
+    # Service's EndpointSlices (watched), so affinity holds per replica pod.
+    llm_membership: str = "static"
+    llm_service: str = ""              # the llm Service name (kubernetes membership)
+    llm_port_name: str = "grpc"        # its port name in the EndpointSlices
+    namespace: str = ""                # "" = this pod's namespace
     # Agent config: a name of a packaged agent ("support") or a path to a YAML file.
     agent: str = "support"
     # Seconds a session's keys live after its last write.
