@@ -62,6 +62,10 @@ class Cluster:
                     return name
         raise AssertionError("no stt replica has an open stream")
 
+    def edge_proc(self, member: str) -> str:
+        """The process name of edge member `edge-<i>` (the X-Voxmesh-Edge header)."""
+        return self.stack.names("edge")[int(member.rsplit("-", 1)[-1])]
+
     def history(self, sid: str) -> list[dict]:
         return [json.loads(m) for m in self.redis.lrange(f"vm:s:{sid}:history", 0, -1)]
 

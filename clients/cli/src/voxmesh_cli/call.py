@@ -125,6 +125,23 @@ class FileMicrophone(MediaStreamTrack):
         return frame
 
 
+class MicTap(MediaStreamTrack):
+    """One PeerConnection's view of the shared microphone: aiortc stops a
+    sender's track when its PeerConnection closes, and the microphone must
+    outlive a lost connection."""
+
+    kind = "audio"
+
+    def __init__(self, mic: FileMicrophone) -> None:
+        super().__init__()
+        self.mic = mic
+
+    async def recv(self) -> AudioFrame:
+        if self.readyState != "live":
+            raise MediaStreamError
+        return await self.mic.recv()
+
+
 @dataclass
 class Recorder:
     chunks: list[tuple[float, np.ndarray]] = field(default_factory=list)  # (arrival monotonic, 48k mono)
@@ -220,12 +237,13 @@ class Connection:
     opened: float = 0.0
     ready: bool = False       # the edge's `session` event arrived on it
     moved: str = ""           # why the edge asked us to move ("" = it did not)
+    edge: str = ""            # the edge that serves it (X-Voxmesh-Edge; the one we posted to may have forwarded)
 
 
 async def _connect(http: aiohttp.ClientSession, n: int, url: str, mic: FileMicrophone, recorder: Recorder, events: list[dict],
                    got_event: asyncio.Event, hooks: list, tasks: list[asyncio.Task], token: str = "") -> Connection:
     pc = RTCPeerConnection()
-    pc.addTrack(mic)
+    pc.addTrack(MicTap(mic))
     channel = pc.createDataChannel("events")
     conn = Connection(n, url, pc, opened=time.monotonic())
 
@@ -234,6 +252,7 @@ async def _connect(http: aiohttp.ClientSession, n: int, url: str, mic: FileMicro
         ev = json.loads(msg)
         ev["t"] = time.monotonic()
         ev["conn"] = n
+        ev["edge"] = conn.edge
         if ev.get("type") == "session":
             conn.ready = True
             conn.token = ev.get("resume_token") or conn.token
@@ -262,6 +281,7 @@ async def _connect(http: aiohttp.ClientSession, n: int, url: str, mic: FileMicro
                 raise Refused(r.status, body)
             conn.location = r.headers["Location"]
             conn.token = r.headers.get(RESUME_TOKEN_HEADER, "") or token
+            conn.edge = r.headers.get("X-Voxmesh-Edge", "")
         conn.session_id = conn.location.rsplit("/", 1)[-1]
         await pc.setRemoteDescription(RTCSessionDescription(sdp=body, type="answer"))
     except BaseException:
@@ -411,6 +431,7 @@ async def call(
             {"user": e["text"], "turn_id": e["turn_id"]} for e in events if e["type"] == "user_turn"
         ],
         "reconnects": reconnects,
+        "edge": conn.edge if conn is not None else "",
         "events": events,
         "audio_onsets": recorder.onsets(),
     }
@@ -431,7 +452,7 @@ async def _reconnect(http, conn: Connection, why: str, urls: list[str], mic, rec
     is final: the conversation cannot be resumed."""
     t_lost = time.monotonic()
     token = conn.token
-    # Closed first: the microphone track must have one consumer at a time.
+    # Closed first: the microphone must have one consumer at a time.
     await conn.pc.close()
     if not token:
         raise SystemExit("lost the connection and have no resume token")
@@ -450,7 +471,7 @@ async def _reconnect(http, conn: Connection, why: str, urls: list[str], mic, rec
             new = None  # that edge is down
         if new is not None:
             reconnects.append({"reason": why, "lost_at": t_lost, "connected_at": time.monotonic(), "url": url,
-                               "attempts": attempt, "session_id": new.session_id})
+                               "attempts": attempt, "session_id": new.session_id, "edge": new.edge})
             return new
         if attempt % len(order) == 0:
             await asyncio.sleep(min(1.0, 0.1 * attempt))
