@@ -5,6 +5,7 @@ history is complete, and no turn is answered twice."""
 
 from __future__ import annotations
 
+import signal
 import time
 
 import pytest
@@ -71,3 +72,34 @@ def test_killed_mid_user_turn_the_turn_is_answered_once(cluster):
         assert_no_duplicate_clauses(result)
     finally:
         cluster.restore(*(k[0] for k in killed))
+
+
+def test_sigterm_hands_the_session_to_the_other_replica_between_turns(cluster):
+    """A draining orchestrator ends each stream as soon as its conversation is
+    idle (UNAVAILABLE "draining"); the edge reconnects to the other replica at
+    once, and the next turn is answered there."""
+    order = cluster.speech("Where is my order four two one nine?", "order")
+    follow = cluster.speech("Thank you very much", "thanks")
+    stopped: list = []
+
+    def hook(ev: dict) -> None:
+        if ev["type"] == "reply_done" and not stopped:
+            sid = [e for e in events if e["type"] == "session"][0]["session_id"]
+            name = cluster.serving_orchestrator(sid)
+            cluster.stack.procs[name].popen.send_signal(signal.SIGTERM)
+            stopped.append((name, time.monotonic(), sid))
+
+    events: list = []
+    try:
+        result = cluster.call(order, then=[follow], on_event=lambda ev: (events.append(ev), hook(ev)))
+        assert stopped and result["completed"], cluster.logs()
+        name, t_stop, sid = stopped[0]
+        assert cluster.stack.procs[name].popen.wait(30) == 0  # drained and exited by itself
+        history = cluster.history(sid)
+        assert [m["role"] for m in history] == ["user", "assistant", "user", "assistant"]
+        assert cluster.serving_orchestrator(sid) != name
+        moved = [e for e in result["events"] if e["type"] == "recovered" and e["component"] == "orchestrator"]
+        assert moved and moved[0]["t"] - t_stop < 2.0, moved  # handed off at once, not at the grace deadline
+        assert_no_duplicate_clauses(result)
+    finally:
+        cluster.restore(*(s[0] for s in stopped))
