@@ -36,6 +36,7 @@ from voxmesh.v1 import stt_pb2, tts_pb2
 from voxmesh_edge.audio import STT_RATE, WEBRTC_RATE, Resampler, frame_to_mono
 from voxmesh_edge import resume
 from voxmesh_edge.echo import EchoGuard
+from voxmesh_edge.media import PacedOpusTrack, accelerate
 from voxmesh_edge.playout import Playout, PlayoutTrack, Segment
 from voxmesh_edge.settings import EdgeSettings
 from voxmesh_edge.upstreams import Upstreams
@@ -91,7 +92,9 @@ class EdgeSession:
         self.echo = EchoGuard()
         self.playout.on_output = self.echo.played
         self._echo_utterances: set[int] = set()
-        self.track = PlayoutTrack(self.playout)
+        # The fast media path (voxmesh_edge.media): inline Opus, one shared clock.
+        self.track = (PacedOpusTrack(self.playout, settings.opus_bitrate, settings.opus_complexity, settings.opus_application)
+                      if settings.fast_media else PlayoutTrack(self.playout))
         # Inbound audio, 16 kHz PCM, from the very first frame.
         self.inbound: asyncio.Queue[bytes | None] = asyncio.Queue()
         self.to_orchestrator: asyncio.Queue[opb.EdgeEvent] = asyncio.Queue()
@@ -159,6 +162,8 @@ class EdgeSession:
         if not audio:
             raise SessionError("the offer has no audio m-line")
         audio[0].sender.replaceTrack(self.track)
+        if self.settings.fast_media:
+            accelerate(audio[0], self.track, self.settings.reorder_frames, self.settings.inbound_chunk_ms)
         audio[0].direction = "sendrecv"
         answer = await self.pc.createAnswer()
         await self.pc.setLocalDescription(answer)

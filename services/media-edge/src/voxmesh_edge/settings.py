@@ -75,3 +75,22 @@ class EdgeSettings:
     # session takes one port per ICE host address.
     ice_port_min: int = 0
     ice_port_max: int = 0
+    # The media fast path (voxmesh_edge.media; docs/capacity.md "Edge capacity"):
+    # inline Opus encode/decode, no per-frame thread handoffs, one playout clock
+    # per process. False = stock aiortc (a decoder thread per session, every
+    # encode in the executor); kept for comparison and as a way out.
+    fast_media: bool = True
+    # Outgoing agent audio: mono Opus at this bitrate. "audio" (CELT) costs about
+    # a third of the CPU of "voip" (SILK/hybrid) at 32 kb/s; "voip" is better
+    # below ~24 kb/s. Complexity 0-10 trades encoder CPU for quality.
+    opus_bitrate: int = 32000
+    opus_application: str = "audio"
+    opus_complexity: int = 6
+    # Incoming audio waits at most this many frames (x 20 ms) for a missing
+    # packet before concealing it; in-order packets are never held.
+    reorder_frames: int = 2
+    # Incoming audio is handed to the session (and to stt) in chunks this long
+    # (a multiple of 20 ms): each hand-on costs a wake-up and a gRPC message
+    # whatever its length, so 40 ms halves that cost for 10 ms more delay on
+    # average. 20 = every frame at once.
+    inbound_chunk_ms: int = 40

@@ -1,0 +1,399 @@
+"""The edge's media fast path: every per-frame step on the event loop, none
+handed to a thread, and one clock for all of a process's playout.
+
+Stock aiortc moves every audio frame across threads twice: a decoder thread
+per receiver (a queue.Queue put, then run_coroutine_threadsafe back to the
+loop) and the default executor for every encode (run_in_executor, then
+call_soon_threadsafe back). Each handoff wakes a thread and bounces the GIL,
+which cost more than the codec work itself (docs/capacity.md, "Edge capacity").
+Here, per session:
+
+- Inbound: `FastReceiver` replaces the audio receiver's jitter buffer and
+  decoder thread. Packets are decoded inline by libopus straight to 16 kHz mono
+  (the rate stt wants: no channel mixing, no 48 -> 16 kHz resampling), and
+  `ReorderBuffer` hands a packet on the moment it is the next in sequence.
+  aiortc's audio jitter buffer holds 4 frames back (prefetch=4, ~80 ms) to
+  smooth PLAYOUT; the edge does not play the caller's audio, it feeds a
+  recognizer that needs complete, ordered audio, not evenly spaced audio. So
+  the only wait left is for a missing packet, at most `reorder_frames` frames;
+  then the gap is concealed (libopus PLC), keeping the audio clock exact.
+- Outbound: `PacedOpusTrack` hands the sender Opus packets it encoded inline
+  (aiortc packs a pre-encoded av.Packet without its executor): mono at a voice
+  bitrate rather than aiortc's stereo 96 kb/s, and silence (the agent is quiet
+  most of the time) is a cached 3-byte packet once the encoder has settled on
+  it, not an encode per tick.
+- Pacing: all tracks wait on one `Ticker` per event loop, a 20 ms grid with
+  one timer per tick for the whole process instead of one sleep per session
+  per frame, so N sessions cost one loop wake-up per tick, not N. Lateness is
+  measured for every frame against its grid time.
+
+`accelerate(transceiver, track, settings)` switches one session's audio
+transceiver to this path after the offer is applied (before the transport
+starts); anything it does not recognise (another codec, an aiortc whose
+internals moved, no libopus) keeps stock aiortc behaviour for that session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fractions
+import logging
+import time
+import weakref
+
+import av
+import numpy as np
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from aiortc.rtcrtpreceiver import RTCRtpReceiver
+from aiortc.utils import uint16_add, uint16_gt
+
+from voxmesh.core.metrics import metric
+from voxmesh_edge import opus
+from voxmesh_edge.audio import STT_RATE, WEBRTC_FRAME_SAMPLES, WEBRTC_RATE
+from voxmesh_edge.playout import Playout
+
+log = logging.getLogger(__name__)
+
+FRAME_S = 0.020
+_P = "_RTCRtpReceiver__"  # aiortc's name-mangled receiver internals
+_RECEIVER_ATTRS = ("codecs", "rtx_ssrc", "transport", "started", "kind", "jitter_buffer", "decoder_queue",
+                   "decoder_thread", "rtcp_task", "timestamp_mapper")
+
+
+# -- pacing -------------------------------------------------------------------
+
+
+class Ticker:
+    """A 20 ms grid shared by every playout track on one event loop: tick k is
+    due at t0 + k x 20 ms. One timer per tick wakes all the tracks waiting for
+    it (each with its own future, so one track's cancellation touches no other)."""
+
+    _by_loop: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self.t0 = time.monotonic()
+        self._waiters: dict[int, list[asyncio.Future]] = {}
+
+    @classmethod
+    def of(cls, loop: asyncio.AbstractEventLoop | None = None) -> Ticker:
+        loop = loop or asyncio.get_running_loop()
+        ticker = cls._by_loop.get(loop)
+        if ticker is None:
+            ticker = cls._by_loop[loop] = cls(loop)
+        return ticker
+
+    def due(self, k: int) -> float:
+        return self.t0 + k * FRAME_S
+
+    def next_tick(self) -> int:
+        """The first tick not yet due."""
+        return int((time.monotonic() - self.t0) / FRAME_S) + 1
+
+    async def wait(self, k: int) -> None:
+        delay = self.due(k) - time.monotonic()
+        if delay <= 0:
+            return
+        fut = self._loop.create_future()
+        waiters = self._waiters.get(k)
+        if waiters is None:
+            waiters = self._waiters[k] = []
+            self._loop.call_later(delay, self._fire, k)
+        waiters.append(fut)
+        await fut
+
+    def _fire(self, k: int) -> None:
+        for fut in self._waiters.pop(k, ()):
+            if not fut.done():
+                fut.set_result(None)
+
+
+class PacedOpusTrack(MediaStreamTrack):
+    """The agent's outgoing audio: one frame per grid tick from the Playout
+    queue, as Opus packets encoded here (or as PCM frames for aiortc to encode
+    when the call did not negotiate Opus). Same metrics as PlayoutTrack, with
+    lateness observed for every frame."""
+
+    kind = "audio"
+    SILENCE_SETTLE = 5  # zero frames the encoder sees before the cached packet takes over
+
+    def __init__(self, playout: Playout, bitrate: int = 32000, complexity: int = 6, application: str = "audio") -> None:
+        super().__init__()
+        self.playout = playout
+        self.bitrate, self.complexity, self.application = bitrate, complexity, application
+        self._encoder: opus.Encoder | None = None
+        self._silence: bytes | None = None
+        self._zeros = 0
+        self._tick: int | None = None
+        self._ticker: Ticker | None = None
+        self._n = 0
+        self._tb = fractions.Fraction(1, WEBRTC_RATE)
+        self._lateness = metric("voxmesh_frame_lateness_seconds")
+        self._late = metric("voxmesh_playout_late_frames_total")
+        self._frames_audio = metric("voxmesh_playout_frames_total").labels(kind="audio")
+        self._frames_silence = metric("voxmesh_playout_frames_total").labels(kind="silence")
+
+    @property
+    def encodes_opus(self) -> bool:
+        return self._encoder is not None
+
+    def use_opus(self) -> bool:
+        """Encode here (the call negotiated Opus). False if libopus is missing."""
+        if not opus.available():
+            return False
+        self._encoder = opus.Encoder(WEBRTC_RATE, self.bitrate, self.complexity, application=self.application)
+        # The packet our encoder settles on for digital silence, made once with
+        # the same settings (a few bytes: the decoder outputs silence from it).
+        probe = opus.Encoder(WEBRTC_RATE, self.bitrate, self.complexity, application=self.application)
+        zeros = np.zeros(WEBRTC_FRAME_SAMPLES, np.int16)
+        for _ in range(self.SILENCE_SETTLE * 2):
+            self._silence = probe.encode(zeros)
+        return True
+
+    async def recv(self):
+        if self.readyState != "live":
+            raise MediaStreamError
+        ticker = self._ticker
+        if ticker is None:
+            ticker = self._ticker = Ticker.of()
+        if self._tick is None:
+            self._tick = ticker.next_tick()
+        else:
+            self._tick += 1
+        await ticker.wait(self._tick)
+        late = time.monotonic() - ticker.due(self._tick)
+        self._lateness.observe(max(0.0, late))
+        if late > FRAME_S:
+            self._late.inc()
+            if late > 0.2:
+                # Fell far behind (a stall): rejoin the grid now instead of
+                # bursting out the missed frames.
+                self._tick = ticker.next_tick() - 1
+        pcm = self.playout.next_frame()
+        if self.playout.on_output is not None:
+            self.playout.on_output(pcm)
+        audible = bool(pcm.any())
+        (self._frames_audio if audible else self._frames_silence).inc()
+        pts = self._n * WEBRTC_FRAME_SAMPLES
+        self._n += 1
+        if self._encoder is None:
+            frame = av.AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout="mono")
+            frame.sample_rate = WEBRTC_RATE
+            frame.pts = pts
+            frame.time_base = self._tb
+            return frame
+        if audible:
+            self._zeros = 0
+            data = self._encoder.encode(pcm)
+        else:
+            self._zeros += 1
+            data = self._silence if self._zeros > self.SILENCE_SETTLE else self._encoder.encode(pcm)
+        packet = av.Packet(data)
+        packet.pts = pts
+        packet.time_base = self._tb
+        return packet
+
+
+# -- receiving ----------------------------------------------------------------
+
+
+class _Batch:
+    """What ReorderBuffer releases: packets in order, None for a lost one.
+    Quacks like aiortc's JitterFrame where the receiver touches it (timestamp)."""
+
+    __slots__ = ("timestamp", "items")
+
+    def __init__(self, timestamp: int, items: list) -> None:
+        self.timestamp = timestamp
+        self.items = items
+
+
+class ReorderBuffer:
+    """Stands in for aiortc's audio JitterBuffer (same `add` contract): releases
+    each packet as soon as every earlier one is in; waits for a missing packet
+    only while fewer than `max_wait` later packets have arrived, then declares
+    it lost (None in the batch: the decoder conceals it)."""
+
+    capacity = 64  # aiortc's receiver reads it in logs only
+
+    def __init__(self, max_wait: int = 2) -> None:
+        self.max_wait = max(0, max_wait)
+        self._next: int | None = None
+        self._held: dict[int, object] = {}
+        self.lost = 0
+        self.late = 0
+
+    def add(self, packet) -> tuple[bool, _Batch | None]:
+        seq = packet.sequence_number
+        if self._next is None:
+            self._next = seq
+        elif seq != self._next and not uint16_gt(seq, self._next):
+            # Older than what we released: a duplicate or too late to use.
+            if uint16_add(self._next, -seq) > 1000:
+                self._reset(seq)  # a sequence jump backwards (a new stream): start over
+            else:
+                self.late += 1
+                return False, None
+        elif uint16_add(seq, -self._next) > 1000:
+            self._reset(seq)  # a big jump forwards: the sender restarted
+        self._held[seq] = packet
+        items: list = []
+        ts = None
+        while True:
+            p = self._held.pop(self._next, None)
+            if p is None:
+                # Wait for it while fewer than max_wait later packets are in,
+                # i.e. for at most max_wait x 20 ms.
+                if not self._held or len(self._held) < self.max_wait:
+                    break
+                items.append(None)  # give up on it: concealed downstream
+                self.lost += 1
+            else:
+                items.append(p._data)
+                ts = p.timestamp if ts is None else ts
+            self._next = uint16_add(self._next, 1)
+        if not items:
+            return False, None
+        return False, _Batch(ts if ts is not None else packet.timestamp, items)
+
+    def _reset(self, seq: int) -> None:
+        self._held.clear()
+        self._next = seq
+
+
+class InlineDecoder:
+    """Stands in for the decoder thread's input queue: `put((codec, batch))`
+    decodes on the caller's thread (the event loop) and queues the frames on
+    the track. Opus goes to 16 kHz mono through libopus, handed on in chunks of
+    `chunk_frames` x 20 ms; any other codec goes through aiortc's decoder at its
+    own rate, frame by frame (the session resamples it).
+
+    Why chunks: every hand-on costs the session a task wake-up, its per-frame
+    bookkeeping and one gRPC message to stt, whatever its length; 40 ms chunks
+    halve that for 10 ms more delay on average (stt's VAD works on 32 ms
+    windows anyway)."""
+
+    def __init__(self, output: asyncio.Queue, rate: int = STT_RATE, chunk_frames: int = 1) -> None:
+        self._out = output
+        self._rate = rate
+        self._tb = fractions.Fraction(1, rate)
+        self._codec_name: str | None = None
+        self._opus: opus.Decoder | None = None
+        self._fallback = None
+        self._pts = 0
+        self._chunk = max(1, chunk_frames) * rate // 50
+        self._pending: list[np.ndarray] = []
+        self._pending_n = 0
+
+    def put(self, item) -> None:
+        if item is None:
+            self._flush()
+            self._out.put_nowait(None)  # end of the track
+            return
+        codec, batch = item
+        if codec.name != self._codec_name:
+            self._codec_name = codec.name
+            self._opus, self._fallback = None, None
+            if codec.name.lower() == "opus" and opus.available():
+                self._opus = opus.Decoder(self._rate)
+            else:
+                from aiortc.codecs import get_decoder
+
+                self._fallback = get_decoder(codec)
+        items = batch.items if isinstance(batch, _Batch) else [batch.data]
+        for data in items:
+            if self._opus is not None:
+                try:
+                    pcm = self._opus.conceal() if data is None else self._opus.decode(data)
+                except opus.OpusError as exc:
+                    log.debug("opus decode failed: %s", exc)
+                    continue
+                self._pending.append(pcm)
+                self._pending_n += pcm.size
+                if self._pending_n >= self._chunk:
+                    self._flush()
+            elif data is not None:
+                from aiortc.jitterbuffer import JitterFrame
+
+                try:
+                    frames = self._fallback.decode(JitterFrame(data, batch.timestamp))
+                except av.FFmpegError as exc:
+                    log.debug("decode failed: %s", exc)
+                    continue
+                for frame in frames:
+                    self._out.put_nowait(frame)
+
+
+    def _flush(self) -> None:
+        if not self._pending_n:
+            return
+        pcm = self._pending[0] if len(self._pending) == 1 else np.concatenate(self._pending)
+        self._pending, self._pending_n = [], 0
+        frame = av.AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout="mono")
+        frame.sample_rate = self._rate
+        frame.pts = self._pts
+        frame.time_base = self._tb
+        self._pts += pcm.size
+        self._out.put_nowait(frame)
+
+
+class _NoThread:
+    """Where aiortc keeps its decoder thread: truthy, and joins at once."""
+
+    def join(self, timeout: float | None = None) -> None:
+        return None
+
+
+class FastReceiver(RTCRtpReceiver):
+    """An audio RTCRtpReceiver that decodes inline (see the module doc). Only
+    `receive` differs: it registers with the transport and starts RTCP exactly
+    as aiortc does, minus the decoder thread."""
+
+    reorder_frames = 2
+    chunk_frames = 1
+
+    async def receive(self, parameters) -> None:
+        if getattr(self, _P + "started") or getattr(self, _P + "kind") != "audio":
+            return await super().receive(parameters)
+        codecs = getattr(self, _P + "codecs")
+        for codec in parameters.codecs:
+            codecs[codec.payloadType] = codec
+        rtx = getattr(self, _P + "rtx_ssrc")
+        for encoding in parameters.encodings:
+            if encoding.rtx:
+                rtx[encoding.rtx.ssrc] = encoding.ssrc
+        setattr(self, _P + "jitter_buffer", ReorderBuffer(self.reorder_frames))
+        setattr(self, _P + "decoder_queue", InlineDecoder(self._track._queue, chunk_frames=self.chunk_frames))
+        setattr(self, _P + "decoder_thread", _NoThread())
+        getattr(self, _P + "transport")._register_rtp_receiver(self, parameters)
+        setattr(self, _P + "rtcp_task", asyncio.ensure_future(self._run_rtcp()))
+        setattr(self, _P + "started", True)
+
+
+def _receiver_supported(receiver: RTCRtpReceiver) -> bool:
+    return type(receiver) is RTCRtpReceiver and all(hasattr(receiver, _P + a) for a in _RECEIVER_ATTRS) \
+        and hasattr(receiver, "_run_rtcp") and hasattr(receiver, "_track")
+
+
+_warned = False
+
+
+def accelerate(transceiver, track: PacedOpusTrack, reorder_frames: int = 2, chunk_ms: int = 20) -> dict[str, bool]:
+    """Put one session's audio transceiver on the fast path, after the remote
+    offer is applied and before the transport starts. Returns what it did."""
+    global _warned
+    did = {"receiver": False, "encoder": False}
+    receiver = transceiver.receiver
+    if _receiver_supported(receiver) and not getattr(receiver, _P + "started"):
+        receiver.__class__ = FastReceiver  # same layout: only receive() differs
+        receiver.reorder_frames = reorder_frames
+        receiver.chunk_frames = max(1, chunk_ms // 20)
+        did["receiver"] = True
+    elif not _warned:
+        _warned = True
+        log.warning("aiortc receiver internals not as expected: stock receive path (decoder thread)")
+    codecs = getattr(transceiver, "_codecs", None) or []
+    if codecs and codecs[0].mimeType.lower() == "audio/opus":
+        did["encoder"] = track.use_opus()
+    return did
+

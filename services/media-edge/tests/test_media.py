@@ -1,0 +1,174 @@
+"""The media fast path (voxmesh_edge.media, voxmesh_edge.opus): the reorder
+buffer's release rules, libopus round trips, and a real aiortc call whose
+receiver and sender are switched to the fast path: the caller's audio arrives
+at 16 kHz mono, complete and in order, without aiortc's decoder thread, and the
+agent's Opus packets play at the caller."""
+
+from __future__ import annotations
+
+import asyncio
+import fractions
+import threading
+
+import numpy as np
+import pytest
+from aiortc import RTCPeerConnection
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from av import AudioFrame
+
+from voxmesh.core.webrtc import configure_ice_hosts
+from voxmesh_edge import opus
+from voxmesh_edge.media import FastReceiver, PacedOpusTrack, ReorderBuffer, Ticker, accelerate
+from voxmesh_edge.playout import Playout, Segment
+
+pytestmark = pytest.mark.skipif(not opus.available(), reason="libopus not found")
+
+
+class Pkt:
+    def __init__(self, seq: int) -> None:
+        self.sequence_number = seq
+        self.timestamp = seq * 960
+        self._data = bytes([seq % 256])
+
+
+def released(buf: ReorderBuffer, seqs) -> list:
+    out = []
+    for s in seqs:
+        _, batch = buf.add(Pkt(s))
+        if batch is not None:
+            out += [None if d is None else d[0] for d in batch.items]
+    return out
+
+
+def test_in_order_packets_are_released_at_once():
+    buf = ReorderBuffer(max_wait=2)
+    for s in range(5):
+        _, batch = buf.add(Pkt(s))
+        assert [d[0] for d in batch.items] == [s]
+
+
+def test_a_reordered_packet_is_waited_for_and_a_lost_one_concealed():
+    buf = ReorderBuffer(max_wait=2)
+    # 2 and 3 swapped: 3 waits for 2, then both go, in order.
+    assert released(buf, [0, 1, 3, 2, 4]) == [0, 1, 2, 3, 4]
+    # 6 lost: 7 waits, at 8 the wait (2 frames) is over: 6 is concealed.
+    assert released(buf, [5, 7, 8, 9]) == [5, None, 7, 8, 9]
+    # 6 arriving now is too late, and a duplicate is dropped.
+    assert released(buf, [6, 9, 10]) == [10]
+    assert buf.lost == 1 and buf.late == 2
+
+
+def test_sequence_numbers_wrap_and_restarts_resync():
+    buf = ReorderBuffer(max_wait=2)
+    assert released(buf, [65534, 65535, 0, 1]) == [65534 % 256, 255, 0, 1]
+    assert released(buf, [30000, 30001]) == [30000 % 256, 30001 % 256]  # a new stream
+
+
+def test_zero_wait_never_holds():
+    buf = ReorderBuffer(max_wait=0)
+    assert released(buf, [0, 2, 3]) == [0, None, 2, 3]
+
+
+def test_opus_round_trip_at_16k_and_concealment():
+    t = np.arange(48000)
+    pcm = (8000 * np.sin(2 * np.pi * 440 * t / 48000)).astype(np.int16)
+    enc, dec = opus.Encoder(48000, 32000, 6), opus.Decoder(16000)
+    out = [dec.decode(enc.encode(pcm[i : i + 960])) for i in range(0, pcm.size, 960)]
+    assert all(o.size == 320 for o in out)
+    y = np.concatenate(out[5:]).astype(np.float32)
+    # still a 440 Hz tone of about the same level, now at 16 kHz
+    spectrum = np.abs(np.fft.rfft(y))
+    assert abs(np.argmax(spectrum) * 16000 / y.size - 440) < 5
+    assert 0.5 < np.sqrt(np.mean(y**2)) / (8000 / np.sqrt(2)) < 1.5
+    assert dec.conceal().size == 320
+
+
+class Tone(MediaStreamTrack):
+    """A caller's microphone: a 440 Hz tone, paced in real time."""
+
+    kind = "audio"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.n = 0
+        self.t0 = None
+
+    async def recv(self):
+        if self.readyState != "live":
+            raise MediaStreamError
+        loop = asyncio.get_running_loop()
+        self.t0 = self.t0 or loop.time()
+        await asyncio.sleep(max(0, self.t0 + self.n * 0.02 - loop.time()))
+        t = np.arange(self.n * 960, (self.n + 1) * 960)
+        frame = AudioFrame.from_ndarray((6000 * np.sin(2 * np.pi * 440 * t / 48000)).astype(np.int16).reshape(1, -1), format="s16", layout="mono")
+        frame.sample_rate, frame.pts, frame.time_base = 48000, self.n * 960, fractions.Fraction(1, 48000)
+        self.n += 1
+        return frame
+
+
+async def test_a_call_on_the_fast_path_both_ways():
+    configure_ice_hosts(("127.0.0.1",))
+    caller, edge = RTCPeerConnection(), RTCPeerConnection()
+    caller.addTrack(Tone())
+    await caller.setLocalDescription(await caller.createOffer())
+    await edge.setRemoteDescription(caller.localDescription)
+    playout = Playout(lambda *a: None, lambda t: None)
+    track = PacedOpusTrack(playout)
+    (transceiver,) = edge.getTransceivers()
+    transceiver.sender.replaceTrack(track)
+    transceiver.direction = "sendrecv"
+    did = accelerate(transceiver, track, reorder_frames=2, chunk_ms=40)
+    assert did == {"receiver": True, "encoder": True}
+    assert isinstance(transceiver.receiver, FastReceiver)
+    inbound: list = []
+    outbound: list = []
+
+    async def read(t, into) -> None:
+        while True:
+            try:
+                into.append(await t.recv())
+            except MediaStreamError:
+                return
+
+    tasks = []
+    tasks.append(asyncio.ensure_future(read(transceiver.receiver.track, inbound)))
+    caller.on("track", lambda t: tasks.append(asyncio.ensure_future(read(t, outbound))))
+    threads_before = {t.name for t in threading.enumerate()}
+    await edge.setLocalDescription(await edge.createAnswer())
+    await caller.setRemoteDescription(edge.localDescription)
+    # The agent says half a second of a 300 Hz tone.
+    t = np.arange(24000)
+    playout.enqueue(Segment("a1", 0, (8000 * np.sin(2 * np.pi * 300 * t / 48000)).astype(np.int16), (0, 5), [], "hello", True))
+    await asyncio.sleep(2.0)
+    # No decoder thread was started for the edge's receiver (the caller's stock one has its own).
+    new_threads = [n for n in {t.name for t in threading.enumerate()} - threads_before if "decoder" in n]
+    assert len(new_threads) <= 1
+    assert inbound, "no inbound audio at the edge"
+    assert all(f.sample_rate == 16000 and f.layout.name == "mono" and f.samples == 640 for f in inbound)
+    pcm = np.concatenate([f.to_ndarray()[0] for f in inbound]).astype(np.float32)
+    assert np.sqrt(np.mean(pcm[3200:] ** 2)) > 1000  # the tone came through
+    pts = [f.pts for f in inbound]
+    assert pts == sorted(pts) and all(b - a == 640 for a, b in zip(pts, pts[1:]))  # contiguous
+    assert transceiver.receiver._RTCRtpReceiver__jitter_buffer.lost == 0
+    # The caller heard the agent's tone (decoded from our packets) between silences.
+    levels = [float(np.sqrt(np.mean(f.to_ndarray().astype(np.float32) ** 2))) for f in outbound]
+    assert max(levels) > 2000 and min(levels) < 50
+    assert track.encodes_opus
+    for pc in (caller, edge):
+        await pc.close()
+    for task in tasks:
+        task.cancel()
+
+
+async def test_the_ticker_wakes_every_track_on_the_same_grid():
+    ticker = Ticker.of()
+    k = ticker.next_tick()
+    woke: list[float] = []
+
+    async def waiter() -> None:
+        await ticker.wait(k)
+        woke.append(asyncio.get_running_loop().time())
+
+    await asyncio.gather(*(waiter() for _ in range(20)))
+    assert len(woke) == 20 and max(woke) - min(woke) < 0.005
+    assert ticker._waiters == {}
