@@ -1,0 +1,172 @@
+"""Benchmark callers: N aiortc WebRTC sessions in one process, each playing the
+benchmark speech on a loop (with a marker burst every 2 s) and recording what
+the agent sends back.
+
+To leave the cores to the edge under test, the microphone audio is Opus-encoded
+once, up front, and every caller sends those packets (aiortc's sender packs a
+pre-encoded av.Packet without re-encoding). The received audio is decoded and
+kept as frame arrival times and counts (the recording), not written out.
+
+Run by edge_capacity_bench.py: python clients.py URL N STAGGER_S DURATION_S LOOP.npy OUT.json
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fractions
+import json
+import sys
+import time
+
+import aiohttp
+import av
+import numpy as np
+from aiortc import RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+
+RATE = 48000
+FRAME = 960
+TB = fractions.Fraction(1, RATE)
+
+
+def encode_loop(pcm: np.ndarray) -> list[bytes]:
+    """The whole loop as 20 ms Opus packets (mono, voip), encoded once."""
+    codec = av.CodecContext.create("libopus", "w")
+    codec.bit_rate = 32000
+    codec.format = "s16"
+    codec.layout = "mono"
+    codec.sample_rate = RATE
+    codec.time_base = TB
+    codec.options = {"application": "voip"}
+    out: list[bytes] = []
+    # Encode two laps and keep the second, so the first packet follows the last
+    # one seamlessly when the loop wraps.
+    laps = np.concatenate([pcm, pcm])
+    for i in range(0, laps.size, FRAME):
+        f = av.AudioFrame.from_ndarray(laps[i : i + FRAME].reshape(1, -1), format="s16", layout="mono")
+        f.sample_rate = RATE
+        f.pts = i
+        f.time_base = TB
+        out += [bytes(p) for p in codec.encode(f)]
+    n = pcm.size // FRAME
+    return out[-n:]
+
+
+class LoopMic(MediaStreamTrack):
+    """Pre-encoded packets of the loop, paced in real time."""
+
+    kind = "audio"
+
+    def __init__(self, packets: list[bytes], marker_every: int, phase: int) -> None:
+        super().__init__()
+        self.packets = packets
+        self.marker_every = marker_every
+        self.phase = phase
+        self.t0: float | None = None
+        self.n = 0
+        self.marker_times: list[float] = []
+
+    async def recv(self):
+        if self.readyState != "live":
+            raise MediaStreamError
+        if self.t0 is None:
+            self.t0 = time.monotonic()
+        wait = self.t0 + self.n * 0.02 - time.monotonic()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        k = (self.phase + self.n) % len(self.packets)
+        if k % self.marker_every == 0:
+            self.marker_times.append(time.monotonic())
+        p = av.Packet(self.packets[k])
+        p.pts = self.n * FRAME
+        p.time_base = TB
+        self.n += 1
+        return p
+
+
+class Caller:
+    def __init__(self, packets: list[bytes], marker_every: int, phase: int) -> None:
+        self.pc = RTCPeerConnection()
+        self.mic = LoopMic(packets, marker_every, phase)
+        self.pc.addTrack(self.mic)
+        self.pc.createDataChannel("events")
+        self.arrivals: list[float] = []
+        self.samples = 0
+        self.audible = 0
+        self.sid = ""
+        self.task: asyncio.Task | None = None
+
+        @self.pc.on("track")
+        def on_track(track) -> None:
+            self.task = asyncio.ensure_future(self._record(track))
+
+    async def _record(self, track) -> None:
+        while True:
+            try:
+                frame = await track.recv()
+            except MediaStreamError:
+                return
+            self.arrivals.append(time.monotonic())
+            self.samples += frame.samples
+            # Cheap audibility check on the raw plane (no conversion).
+            plane = np.frombuffer(frame.planes[0], dtype=np.int16, count=64)
+            if plane.any():
+                self.audible += 1
+
+    async def start(self, http: aiohttp.ClientSession, url: str) -> None:
+        await self.pc.setLocalDescription(await self.pc.createOffer())
+        async with http.post(f"{url}/v1/sessions", data=self.pc.localDescription.sdp, headers={"Content-Type": "application/sdp"}) as r:
+            body = await r.text()
+            if r.status != 201:
+                raise RuntimeError(f"edge refused: {r.status} {body}")
+            self.sid = r.headers["X-Voxmesh-Session"]
+        await self.pc.setRemoteDescription(RTCSessionDescription(sdp=body, type="answer"))
+
+    async def stats(self) -> dict:
+        lost = received = 0
+        report = await self.pc.getStats()
+        for s in report.values():
+            if s.type == "inbound-rtp":
+                lost += max(0, s.packetsLost)
+                received += s.packetsReceived
+        return {"packets_lost": lost, "packets_received": received}
+
+
+async def main(url: str, n: int, stagger: float, duration: float, loop_path: str, out: str) -> None:
+    pcm = np.load(loop_path)
+    meta = json.loads(open(loop_path + ".json").read())
+    packets = encode_loop(pcm)
+    marker_every = meta["marker_every_frames"]
+    callers = [Caller(packets, marker_every, (i * 37) % len(packets)) for i in range(n)]
+    async with aiohttp.ClientSession() as http:
+        for c in callers:
+            await c.start(http, url)
+            await asyncio.sleep(stagger)
+        started = time.monotonic()
+        print(json.dumps({"ready": started}), flush=True)
+        await asyncio.sleep(duration)
+        results = []
+        for c in callers:
+            st = await c.stats()
+            results.append({
+                "session_id": c.sid, "marker_times": c.mic.marker_times, "frames_sent": c.mic.n,
+                "arrivals": c.arrivals, "samples": c.samples, "audible_frames": c.audible, **st,
+                "state": c.pc.connectionState,
+            })
+        with open(out, "w") as f:
+            json.dump(results, f)
+        for c in callers:
+            with_timeout = asyncio.wait_for(http.delete(f"{url}/v1/sessions/{c.sid}"), 5)
+            try:
+                r = await with_timeout
+                r.release()
+            except Exception:
+                pass
+            await c.pc.close()
+            if c.task:
+                c.task.cancel()
+
+
+if __name__ == "__main__":
+    url, n, stagger, duration, loop_path, out = sys.argv[1:7]
+    asyncio.run(main(url, int(n), float(stagger), float(duration), loop_path, out))

@@ -1,0 +1,316 @@
+"""Edge capacity: N concurrent WebRTC sessions against ONE media-edge process.
+
+    python bench/edge_capacity/edge_capacity_bench.py --sessions 10,20,30 --seconds 20
+
+What runs (all on this machine):
+- a real redis-server and the real edge (`python -m voxmesh_edge`, one process,
+  its default settings except the upstream targets);
+- gRPC TEST DOUBLES of stt, tts and the orchestrator, in this process
+  (bench/edge_capacity/doubles.py): the agent speaks ~half the time, stt hears
+  everything and answers nothing;
+- the callers, in separate processes (bench/edge_capacity/clients.py): real
+  aiortc PeerConnections playing speech on a loop and recording the reply.
+
+The callers use the same cores as the edge, so the figure that matters is per
+core of EDGE CPU: the edge process's utime+stime (/proc) over the measured
+window. Printed per N:
+- edge CPU (cores) and sessions per core of edge CPU;
+- playout lateness p50/p99 (the edge's voxmesh_frame_lateness_seconds, every
+  tick observed) and late ticks (> 20 ms late);
+- receive-path delay p50/p99: caller sends a marker frame -> the stt double
+  receives its 16 kHz PCM (encode, network, jitter buffer, decode, resample,
+  gRPC: everything between the caller's microphone and speech recognition);
+- drops: inbound audio lost before stt (from the sample distance between
+  markers), outbound packets lost at the callers, late playout ticks; as a share
+  of all frames both ways.
+Figures only; nothing is asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+HERE = pathlib.Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from doubles import STT_RATE, TTS_RATE, serve_doubles  # noqa: E402
+
+from voxmesh.testing.servers import free_port, redis_server, wait_for_port  # noqa: E402
+
+RATE = 48000
+FRAME = 960
+MARKER_EVERY = 100  # frames: a marker every 2 s
+TICK = os.sysconf("SC_CLK_TCK")
+TEXT = ("Hello, I would like to check on my order. The number is four two one nine, "
+        "and I placed it last Tuesday. Could you tell me when it will arrive?")
+
+
+def make_audio(workdir: pathlib.Path) -> tuple[pathlib.Path, np.ndarray]:
+    """The callers' loop (48 kHz, 4 s of speech at -26 dBFS with a -4 dBFS
+    1 kHz marker frame every 2 s, after 60 ms of silence), and the tts double's
+    speech (22.05 kHz)."""
+    from voxmesh.testing.speech import read_pcm16, say_to_wav
+
+    wav48 = say_to_wav(TEXT, workdir / "speech48.wav", rate=RATE)
+    wav22 = say_to_wav(TEXT, workdir / "speech22.wav", rate=TTS_RATE)
+    pcm, _ = read_pcm16(str(wav48))
+    pcm = pcm.astype(np.float32)
+    pcm *= 10 ** (-26 / 20) * 32768 / max(1.0, float(np.sqrt(np.mean(pcm**2))))
+    n = MARKER_EVERY * 2 * FRAME
+    loop = np.resize(pcm, n)
+    tone = 0.9 * 32767 * np.sin(2 * np.pi * 1000 * np.arange(FRAME) / RATE)
+    for start in range(0, n, MARKER_EVERY * FRAME):
+        loop[max(0, start - 3 * FRAME) : start] = 0
+        loop[start : start + FRAME] = tone
+        loop[start + FRAME : start + 3 * FRAME] = 0
+    loop_path = workdir / "loop.npy"
+    np.save(loop_path, np.clip(loop, -32768, 32767).astype(np.int16))
+    (workdir / "loop.npy.json").write_text(json.dumps({"marker_every_frames": MARKER_EVERY}))
+    speech22, _ = read_pcm16(str(wav22))
+    return loop_path, speech22.astype(np.int16)
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK  # utime, stime (all threads)
+
+
+def thread_cpu(pid: int) -> dict[str, tuple[float, float]]:
+    """(user s, system s) per thread name of a process."""
+    out: dict[str, tuple[float, float]] = {}
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            stat = open(f"/proc/{pid}/task/{task}/stat").read()
+        except OSError:
+            continue
+        name = stat[stat.index("(") + 1 : stat.rindex(")")]
+        name = "".join(c for c in name if not c.isdigit()).rstrip("_-") or name  # decoder threads by kind
+        fields = stat.rsplit(")", 1)[1].split()
+        u, s_ = out.get(name, (0.0, 0.0))
+        out[name] = (u + int(fields[11]) / TICK, s_ + int(fields[12]) / TICK)
+    return out
+
+
+def run_delay(pid: int) -> float:
+    """Seconds the process's threads spent runnable but waiting for a CPU
+    (/proc/<pid>/task/*/schedstat, 2nd field): on a shared box, how much of the
+    edge's lateness is the box's, not the edge's."""
+    total = 0
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            total += int(open(f"/proc/{pid}/task/{task}/schedstat").read().split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+    return total / 1e9
+
+
+def cpu_split(before: dict, after: dict, wall: float) -> dict[str, str]:
+    """Share of a core per thread kind over the window: 'user+sys'."""
+    out = {}
+    for name, (u, s) in sorted(after.items()):
+        u0, s0 = before.get(name, (0.0, 0.0))
+        du, ds = (u - u0) / wall, (s - s0) / wall
+        if du + ds >= 0.005:
+            out[name] = f"{du:.3f}+{ds:.3f}"
+    return out
+
+
+async def scrape(url: str) -> dict:
+    import aiohttp
+    from prometheus_client.parser import text_string_to_metric_families
+
+    async with aiohttp.ClientSession() as s, s.get(f"{url}/metrics") as r:
+        text = await r.text()
+    out: dict = {}
+    for fam in text_string_to_metric_families(text):
+        for sample in fam.samples:
+            key = sample.name + (json.dumps(sample.labels, sort_keys=True) if sample.labels else "")
+            out[key] = sample.value
+    return out
+
+
+def histogram_quantile(before: dict, after: dict, name: str, q: float) -> float | None:
+    buckets = []
+    for key, value in after.items():
+        if key.startswith(name + "_bucket"):
+            le = json.loads(key[len(name + "_bucket"):])["le"]
+            buckets.append((float("inf") if le == "+Inf" else float(le), value - before.get(key, 0.0)))
+    buckets.sort()
+    total = buckets[-1][1] if buckets else 0
+    if total <= 0:
+        return None
+    rank, prev_le, prev_c = q * total, 0.0, 0.0
+    for le, c in buckets:
+        if c >= rank:
+            if le == float("inf"):
+                return prev_le
+            return prev_le + (le - prev_le) * (rank - prev_c) / max(1e-12, c - prev_c)
+        prev_le, prev_c = le, c
+    return prev_le
+
+
+def pct(values: list[float], q: float) -> float | None:
+    return float(np.percentile(values, q)) if values else None
+
+
+async def run_one(n: int, args, redis_url: str, doubles_port: int, stt, loop_path: pathlib.Path, workdir: pathlib.Path) -> dict:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {
+        **os.environ, "PYTHONUNBUFFERED": "1", "VOXMESH_LOG_LEVEL": "WARNING",
+        "VOXMESH_EDGE_PORT": str(port), "VOXMESH_EDGE_REDIS_URL": redis_url,
+        "VOXMESH_EDGE_STT_TARGET": f"127.0.0.1:{doubles_port}", "VOXMESH_EDGE_TTS_TARGET": f"127.0.0.1:{doubles_port}",
+        "VOXMESH_EDGE_ORCHESTRATOR_TARGET": f"127.0.0.1:{doubles_port}", "VOXMESH_EDGE_MAX_SESSIONS": "100000",
+        **dict(kv.split("=", 1) for kv in args.edge_env),
+    }
+    log = open(workdir / f"edge-{n}.log", "wb")
+    edge = subprocess.Popen([sys.executable, "-m", "voxmesh_edge"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    clients = []
+    try:
+        await asyncio.to_thread(wait_for_port, port, timeout=60, proc=edge)
+        procs = max(1, min(args.client_procs, n))
+        per = [n // procs + (i < n % procs) for i in range(procs)]
+        run_s = args.warmup + args.seconds + 1
+        for i, k in enumerate(per):
+            out = workdir / f"clients-{n}-{i}.json"
+            clients.append((subprocess.Popen(
+                [sys.executable, str(HERE / "clients.py"), url, str(k), str(args.stagger), str(run_s), str(loop_path), str(out)],
+                stdout=subprocess.PIPE, stderr=open(workdir / f"clients-{n}-{i}.log", "wb"),
+                # The callers are load, not the system under test: on a box where
+                # they share the edge's cores, they yield to it (the edge of a real
+                # deployment has its cores to itself).
+                preexec_fn=lambda: os.nice(args.client_nice),
+            ), out))
+        for p, _ in clients:  # all sessions set up
+            line = await asyncio.to_thread(p.stdout.readline)
+            if not line:
+                raise RuntimeError(f"clients failed: see {workdir}")
+        await asyncio.sleep(args.warmup)
+        m0, c0, t0, th0, rd0 = await scrape(url), cpu_seconds(edge.pid), time.monotonic(), thread_cpu(edge.pid), run_delay(edge.pid)
+        spy = None
+        if args.profile:
+            # Where the edge's CPU goes (py-spy, sampling; it costs the edge nothing
+            # but takes some of the shared cores): collapsed stacks per thread.
+            spy = subprocess.Popen(["py-spy", "record", "--pid", str(edge.pid), "--duration", str(int(args.seconds)),
+                                    "--rate", "200", "--threads", "--format", "raw", "--output", str(workdir / f"profile-{n}.txt")],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        await asyncio.sleep(args.seconds)
+        m1, c1, t1, th1, rd1 = await scrape(url), cpu_seconds(edge.pid), time.monotonic(), thread_cpu(edge.pid), run_delay(edge.pid)
+        if spy is not None:
+            await asyncio.to_thread(spy.wait, 60)
+        for p, _ in clients:
+            await asyncio.to_thread(p.wait, 120)
+        results = [r for _, out in clients for r in json.loads(out.read_text())]
+    finally:
+        for p, _ in clients:
+            if p.poll() is None:
+                p.kill()
+        edge.terminate()
+        try:
+            edge.wait(15)
+        except subprocess.TimeoutExpired:
+            edge.kill()
+    row = analyse(n, results, stt, m0, m1, c1 - c0, t0, t1)
+    row["edge_threads_user+sys"] = cpu_split(th0, th1, t1 - t0)
+    row["edge_waiting_for_cpu_pct"] = round(100 * (rd1 - rd0) / (t1 - t0), 1)
+    return row
+
+
+def analyse(n, results, stt, m0, m1, cpu, t0, t1) -> dict:
+    wall = t1 - t0
+    delays, lost_in, frames_in, lost_out, frames_out, gaps = [], 0, 0, 0, 0, 0
+    for r in results:
+        st = stt.streams.get(r["session_id"])
+        sent = r["marker_times"]
+        if st is not None and st.markers and sent:
+            base_off = st.markers[0][1]
+            # The first marker the edge delivered is the first one the caller sent
+            # after its connection came up; align the rest by sample offset.
+            first_sent = next((i for i, ts in enumerate(sent) if ts > st.markers[0][0] - 1.0), 0)
+            prev = None
+            for arrival, off in st.markers:
+                k = first_sent + round((off - base_off) / (MARKER_EVERY * FRAME // 3))
+                if t0 <= arrival <= t1 and k < len(sent):
+                    delays.append(arrival - sent[k])
+                    if prev is not None:
+                        expect = (k - prev[0]) * MARKER_EVERY * FRAME // 3
+                        lost_in += max(0, round((expect - (off - prev[1])) / (STT_RATE // 50)))
+                        frames_in += (k - prev[0]) * MARKER_EVERY
+                if t0 <= arrival <= t1:
+                    prev = (k, off)
+        arr = [a for a in r["arrivals"] if t0 <= a <= t1]
+        frames_out += round(wall * 50)
+        gaps += sum(1 for a, b in zip(arr, arr[1:]) if b - a > 0.06)
+        lost_out += r["packets_lost"] * wall / max(1e-9, r["frames_sent"] * 0.02)  # prorated to the window
+    late = m1.get("voxmesh_playout_late_frames_total", 0) - m0.get("voxmesh_playout_late_frames_total", 0)
+    ticks = sum(v - m0.get(k, 0) for k, v in m1.items() if k.startswith("voxmesh_playout_frames_total"))
+    drops = lost_in + lost_out + late
+    total = frames_in + frames_out
+    cores = cpu / wall
+    return {
+        "sessions": n, "edge_cpu_cores": round(cores, 3),
+        "sessions_per_core": round(n / cores, 1) if cores > 0 else None,
+        "edge_cpu_ms_per_session_s": round(cpu / wall / n * 1000, 2),
+        "lateness_p50_ms": _ms(histogram_quantile(m0, m1, "voxmesh_frame_lateness_seconds", 0.50)),
+        "lateness_p99_ms": _ms(histogram_quantile(m0, m1, "voxmesh_frame_lateness_seconds", 0.99)),
+        "late_ticks": int(late), "ticks": int(ticks),
+        "recv_delay_p50_ms": _ms(pct(delays, 50)), "recv_delay_p99_ms": _ms(pct(delays, 99)), "markers": len(delays),
+        "inbound_frames_lost": int(lost_in), "outbound_packets_lost": round(lost_out, 1), "client_gaps_over_60ms": gaps,
+        "drop_pct": round(100 * drops / max(1, total), 3),
+        "connected": sum(1 for r in results if r["state"] == "connected"),
+    }
+
+
+def _ms(v):
+    return None if v is None else round(v * 1000, 1)
+
+
+async def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sessions", default="10,20,30", help="comma-separated session counts")
+    ap.add_argument("--seconds", type=float, default=20.0, help="measured window")
+    ap.add_argument("--warmup", type=float, default=5.0)
+    ap.add_argument("--stagger", type=float, default=0.15, help="seconds between session setups")
+    ap.add_argument("--client-procs", type=int, default=2)
+    ap.add_argument("--client-nice", type=int, default=10, help="niceness of the caller processes")
+    ap.add_argument("--reply-s", type=float, default=3.0, help="agent speech per reply")
+    ap.add_argument("--cycle-s", type=float, default=6.0, help="one reply every cycle")
+    ap.add_argument("--edge-env", action="append", default=[], help="extra VOXMESH_EDGE_X=value for the edge")
+    ap.add_argument("--json", help="also write the figures here")
+    ap.add_argument("--profile", action="store_true", help="py-spy the edge during the window (profile-N.txt in the work dir)")
+    args = ap.parse_args()
+    workdir = pathlib.Path(tempfile.mkdtemp(prefix="edge-capacity-"))
+    loop_path, speech22 = make_audio(workdir)
+    rows = []
+    with redis_server(workdir / "redis", appendonly=False) as redis_url:
+        doubles_port = free_port()
+        server, stt, _orch = await serve_doubles(doubles_port, speech22, args.reply_s, args.cycle_s)
+        try:
+            for n in [int(x) for x in args.sessions.split(",")]:
+                row = await run_one(n, args, redis_url, doubles_port, stt, loop_path, workdir)
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+        finally:
+            await server.stop(1)
+    cols = ["sessions", "edge_cpu_cores", "sessions_per_core", "lateness_p50_ms", "lateness_p99_ms", "late_ticks",
+            "recv_delay_p50_ms", "recv_delay_p99_ms", "inbound_frames_lost", "outbound_packets_lost", "drop_pct", "connected"]
+    print("\n| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
+    for row in rows:
+        print("| " + " | ".join(str(row[c]) for c in cols) + " |")
+    print(f"\n(load average during the run: {os.getloadavg()}; work dir {workdir})")
+    if args.json:
+        pathlib.Path(args.json).write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
