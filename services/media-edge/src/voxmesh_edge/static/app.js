@@ -1,10 +1,21 @@
 // voxmesh demo client: WHIP over fetch, one PeerConnection, a data channel for
 // transcripts and latency. No framework, so the whole flow is readable here.
+//
+// Reconnect: the edge gives every session a resume token (response header
+// X-Voxmesh-Resume-Token, and the data channel's `session` event). When the
+// PeerConnection fails, or a draining edge says `move`, we open a new
+// PeerConnection with the same microphone and POST it with the token
+// (X-Voxmesh-Resume): any edge attaches it to the same conversation, and the
+// agent goes on with the whole history.
 "use strict";
 
 const $ = (s) => document.querySelector(s);
 const logEl = $("#log");
-const state = { pc: null, location: null, agentBubbles: {}, interimEl: null, stream: null, audioStats: { peak: 0, frames: 0 } };
+const state = {
+  pc: null, location: null, agentBubbles: {}, saidClauses: {}, interimEl: null, stream: null,
+  audioStats: { peak: 0, frames: 0 }, token: null, live: false, reconnecting: false, reconnects: 0,
+  disconnectTimer: null, meterOn: false,
+};
 window.voxmesh = state; // for tests and the curious
 
 function setStatus(text) { $("#status").textContent = text; }
@@ -29,7 +40,15 @@ function onEvent(ev) {
       state.interimEl = null;
       bubble("user", ev.text);
       break;
+    case "session":
+      state.sessionId = ev.session_id;
+      if (ev.resume_token) state.token = ev.resume_token;
+      break;
     case "agent_say": {
+      // After a reconnect the agent may say again a clause not heard whole: show it once.
+      const said = (state.saidClauses[ev.turn_id] = state.saidClauses[ev.turn_id] || new Set());
+      if (said.has(ev.clause_id)) break;
+      said.add(ev.clause_id);
       let el = state.agentBubbles[ev.turn_id];
       if (!el) el = state.agentBubbles[ev.turn_id] = bubble("agent", "");
       el.textContent = (el.textContent + " " + ev.text).trim();
@@ -49,7 +68,8 @@ function onEvent(ev) {
       break;
     }
     case "move":
-      setStatus("the server asked us to reconnect");
+      setStatus("the server asked us to move; reconnecting…");
+      reconnect("move");
       break;
     case "error":
       setStatus("error: " + ev.message);
@@ -74,6 +94,8 @@ function meter(stream) {
   src.connect(an);
   const buf = new Float32Array(an.fftSize);
   const bar = $("#meter > div");
+  if (state.meterOn) return;
+  state.meterOn = true;
   (function tick() {
     an.getFloatTimeDomainData(buf);
     let peak = 0;
@@ -81,15 +103,14 @@ function meter(stream) {
     state.audioStats.peak = Math.max(state.audioStats.peak, peak);
     if (peak > 0.01) state.audioStats.frames++;
     bar.style.width = Math.min(100, peak * 300) + "%";
-    if (state.pc) requestAnimationFrame(tick);
+    if (state.live) requestAnimationFrame(tick);
+    else state.meterOn = false;
   })();
 }
 
-async function start() {
-  setStatus("asking for the microphone…");
-  state.stream = await navigator.mediaDevices.getUserMedia({
-    audio: { echoCancellation: true, noiseSuppression: true, autoGainControl: true },
-  });
+// One PeerConnection for the conversation: a new one, or (with a token) the
+// same conversation again after a lost connection.
+async function connect(token) {
   const pc = (state.pc = new RTCPeerConnection());
   state.stream.getAudioTracks().forEach((t) => pc.addTransceiver(t, { direction: "sendrecv" }));
   const dc = pc.createDataChannel("events");
@@ -100,19 +121,76 @@ async function start() {
     audio.play().catch(() => {});
     meter(audio.srcObject); // WebAudio sees remote audio only while an <audio> element plays it
   };
-  pc.onconnectionstatechange = () => setStatus(pc.connectionState);
+  pc.onconnectionstatechange = () => {
+    if (pc !== state.pc) return; // an old connection winding down
+    setStatus(pc.connectionState);
+    clearTimeout(state.disconnectTimer);
+    if (pc.connectionState === "failed") reconnect("failed");
+    // "disconnected" may heal by itself (a network blip); if it does not within 3 s, move.
+    if (pc.connectionState === "disconnected") state.disconnectTimer = setTimeout(() => reconnect("disconnected"), 3000);
+  };
   await pc.setLocalDescription(await pc.createOffer());
   await waitForIce(pc);
-  setStatus("connecting…");
-  const res = await fetch("/v1/sessions", { method: "POST", headers: { "Content-Type": "application/sdp" }, body: pc.localDescription.sdp });
-  if (res.status !== 201) throw new Error(`${res.status}: ${await res.text()}`);
+  const headers = { "Content-Type": "application/sdp" };
+  if (token) headers["X-Voxmesh-Resume"] = token;
+  const res = await fetch("/v1/sessions", { method: "POST", headers, body: pc.localDescription.sdp });
+  if (res.status !== 201) {
+    pc.close();
+    const err = new Error(`${res.status}: ${await res.text()}`);
+    err.status = res.status;
+    throw err;
+  }
   state.location = res.headers.get("Location");
+  state.token = res.headers.get("X-Voxmesh-Resume-Token") || state.token;
   await pc.setRemoteDescription({ type: "answer", sdp: await res.text() });
+}
+
+async function reconnect(why) {
+  if (!state.live || state.reconnecting || !state.token) return;
+  state.reconnecting = true;
+  const old = state.pc;
+  state.pc = null;
+  if (old) old.close(); // the microphone track lives on: it goes to the new connection
+  let delay = 250;
+  try {
+    while (state.live) {
+      setStatus(`reconnecting (${why})…`);
+      try {
+        await connect(state.token);
+        state.reconnects++;
+        setStatus("reconnected");
+        return;
+      } catch (e) {
+        if (e.status === 403) { // foreign or stale token: this conversation cannot come back
+          setStatus("cannot resume: " + e.message);
+          await stop();
+          return;
+        }
+      }
+      await new Promise((r) => setTimeout(r, delay + Math.random() * delay)); // backoff with jitter
+      delay = Math.min(delay * 2, 4000);
+    }
+  } finally {
+    state.reconnecting = false;
+  }
+}
+
+async function start() {
+  setStatus("asking for the microphone…");
+  state.stream = await navigator.mediaDevices.getUserMedia({
+    audio: { echoCancellation: true, noiseSuppression: true, autoGainControl: true },
+  });
+  state.live = true;
+  state.token = null;
+  setStatus("connecting…");
+  await connect(null);
   $("#talk").textContent = "Hang up";
   $("#talk").classList.add("live");
 }
 
 async function stop() {
+  state.live = false;
+  clearTimeout(state.disconnectTimer);
   if (state.location) fetch(state.location, { method: "DELETE" }).catch(() => {});
   if (state.stream) state.stream.getTracks().forEach((t) => t.stop());
   if (state.pc) state.pc.close();
@@ -124,5 +202,5 @@ async function stop() {
 }
 
 $("#talk").addEventListener("click", () => {
-  (state.pc ? stop() : start()).catch((e) => { setStatus("failed: " + e.message); stop(); });
+  (state.live ? stop() : start()).catch((e) => { setStatus("failed: " + e.message); stop(); });
 });
