@@ -4,8 +4,10 @@ the agent sends back.
 
 To leave the cores to the edge under test, the microphone audio is Opus-encoded
 once, up front, and every caller sends those packets (aiortc's sender packs a
-pre-encoded av.Packet without re-encoding). The received audio is decoded and
-kept as frame arrival times and counts (the recording), not written out.
+pre-encoded av.Packet without re-encoding). Like a browser, a caller sends the
+packet duration the edge's answer asks for (a=ptime: 20 or 40 ms; aiortc's own
+sender always sends 20 ms). The received audio is decoded and kept as frame
+arrival times and counts (the recording), not written out.
 
 Run by edge_capacity_bench.py: python clients.py URL N STAGGER_S DURATION_S LOOP.npy OUT.json
 """
@@ -29,41 +31,36 @@ FRAME = 960
 TB = fractions.Fraction(1, RATE)
 
 
-def encode_loop(pcm: np.ndarray) -> list[bytes]:
-    """The whole loop as 20 ms Opus packets (mono, voip), encoded once."""
-    codec = av.CodecContext.create("libopus", "w")
-    codec.bit_rate = 32000
-    codec.format = "s16"
-    codec.layout = "mono"
-    codec.sample_rate = RATE
-    codec.time_base = TB
-    codec.options = {"application": "voip"}
-    out: list[bytes] = []
+def encode_loop(pcm: np.ndarray, frames_per_packet: int = 1) -> list[bytes]:
+    """The whole loop as Opus packets of 20 ms x frames_per_packet (mono, voip
+    at 32 kb/s, as a browser sends), encoded once (libopus via the edge's own
+    binding, which takes any Opus frame size)."""
+    from voxmesh_edge import opus
+
+    enc = opus.Encoder(RATE, 32000, complexity=9, application="voip")
+    size = FRAME * frames_per_packet
     # Encode two laps and keep the second, so the first packet follows the last
     # one seamlessly when the loop wraps.
     laps = np.concatenate([pcm, pcm])
-    for i in range(0, laps.size, FRAME):
-        f = av.AudioFrame.from_ndarray(laps[i : i + FRAME].reshape(1, -1), format="s16", layout="mono")
-        f.sample_rate = RATE
-        f.pts = i
-        f.time_base = TB
-        out += [bytes(p) for p in codec.encode(f)]
-    n = pcm.size // FRAME
-    return out[-n:]
+    out = [enc.encode(laps[i : i + size]) for i in range(0, laps.size - size + 1, size)]
+    return out[-(pcm.size // size):]
 
 
 class LoopMic(MediaStreamTrack):
-    """Pre-encoded packets of the loop, paced in real time."""
+    """Pre-encoded packets of the loop, paced in real time. Frame n (20 ms) is
+    complete at t0 + n x 20 ms; a packet leaves when its last frame is complete
+    (so 40 ms packets add 20 ms to their first frame, as in a browser)."""
 
     kind = "audio"
 
-    def __init__(self, packets: list[bytes], marker_every: int, phase: int) -> None:
+    def __init__(self, packets: dict[int, list[bytes]], marker_every: int, phase: int) -> None:
         super().__init__()
         self.packets = packets
+        self.per = 1
         self.marker_every = marker_every
-        self.phase = phase
+        self.phase = phase  # in frames, even
         self.t0: float | None = None
-        self.n = 0
+        self.n = 0  # frames sent
         self.marker_times: list[float] = []
 
     async def recv(self):
@@ -71,21 +68,24 @@ class LoopMic(MediaStreamTrack):
             raise MediaStreamError
         if self.t0 is None:
             self.t0 = time.monotonic()
-        wait = self.t0 + self.n * 0.02 - time.monotonic()
+        per = self.per
+        wait = self.t0 + (self.n + per - 1) * 0.02 - time.monotonic()
         if wait > 0:
             await asyncio.sleep(wait)
-        k = (self.phase + self.n) % len(self.packets)
-        if k % self.marker_every == 0:
-            self.marker_times.append(time.monotonic())
-        p = av.Packet(self.packets[k])
+        frames = len(self.packets[1])
+        k = (self.phase + self.n) % frames
+        for j in range(per):
+            if (k + j) % self.marker_every == 0:
+                self.marker_times.append(self.t0 + (self.n + j) * 0.02)
+        p = av.Packet(self.packets[per][k // per])
         p.pts = self.n * FRAME
         p.time_base = TB
-        self.n += 1
+        self.n += per
         return p
 
 
 class Caller:
-    def __init__(self, packets: list[bytes], marker_every: int, phase: int) -> None:
+    def __init__(self, packets: dict[int, list[bytes]], marker_every: int, phase: int) -> None:
         self.pc = RTCPeerConnection()
         self.mic = LoopMic(packets, marker_every, phase)
         self.pc.addTrack(self.mic)
@@ -120,6 +120,8 @@ class Caller:
             if r.status != 201:
                 raise RuntimeError(f"edge refused: {r.status} {body}")
             self.sid = r.headers["X-Voxmesh-Session"]
+        # Follow the answer's a=ptime as a browser's Opus encoder does.
+        self.mic.per = 2 if "a=ptime:40" in body or "a=ptime:60" in body else 1
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=body, type="answer"))
 
     async def stats(self) -> dict:
@@ -135,9 +137,9 @@ class Caller:
 async def main(url: str, n: int, stagger: float, duration: float, loop_path: str, out: str) -> None:
     pcm = np.load(loop_path)
     meta = json.loads(open(loop_path + ".json").read())
-    packets = encode_loop(pcm)
+    packets = {1: encode_loop(pcm, 1), 2: encode_loop(pcm, 2)}
     marker_every = meta["marker_every_frames"]
-    callers = [Caller(packets, marker_every, (i * 37) % len(packets)) for i in range(n)]
+    callers = [Caller(packets, marker_every, (i * 38) % len(packets[1])) for i in range(n)]
     async with aiohttp.ClientSession() as http:
         for c in callers:
             await c.start(http, url)

@@ -172,3 +172,33 @@ async def test_the_ticker_wakes_every_track_on_the_same_grid():
     await asyncio.gather(*(waiter() for _ in range(20)))
     assert len(woke) == 20 and max(woke) - min(woke) < 0.005
     assert ticker._waiters == {}
+
+
+def test_the_answer_asks_for_40_ms_packets_in_its_audio_section_only():
+    from voxmesh_edge.media import request_ptime
+
+    sdp = "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=rtpmap:111 opus/48000/2\r\nm=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\na=sctp-port:5000\r\n"
+    out = request_ptime(sdp, 40)
+    audio, app = out.split("m=application")
+    assert "a=ptime:40" in audio and "a=ptime" not in app
+    assert request_ptime(sdp, 0) == sdp and request_ptime(out, 60) == out
+
+
+def test_40_ms_packets_and_chunks_decode_to_640_samples():
+    from types import SimpleNamespace
+
+    from voxmesh_edge.media import InlineDecoder, _Batch
+
+    q: asyncio.Queue = asyncio.Queue()
+    dec = InlineDecoder(q, chunk_frames=2)
+    enc = opus.Encoder(48000, 32000)
+    codec = SimpleNamespace(name="opus")
+    tone = (6000 * np.sin(2 * np.pi * 440 * np.arange(1920 * 5) / 48000)).astype(np.int16)
+    for i in range(5):  # 40 ms packets: one chunk each
+        dec.put((codec, _Batch(i * 1920, [enc.encode(tone[i * 1920 : (i + 1) * 1920])])))
+    for i in range(4):  # 20 ms packets: a chunk every second one; a lost one is concealed
+        data = None if i == 2 else enc.encode(tone[i * 960 : (i + 1) * 960])
+        dec.put((codec, _Batch(0, [data])))
+    frames = [q.get_nowait() for _ in range(q.qsize())]
+    assert [f.samples for f in frames] == [640] * 7
+    assert [f.pts for f in frames] == [640 * i for i in range(7)]

@@ -60,6 +60,31 @@ _RECEIVER_ATTRS = ("codecs", "rtx_ssrc", "transport", "started", "kind", "jitter
                    "decoder_thread", "rtcp_task", "timestamp_mapper")
 
 
+# -- packetization ------------------------------------------------------------
+
+
+def request_ptime(sdp: str, ptime_ms: int) -> str:
+    """Ask the caller to send `ptime_ms` of audio per packet: `a=ptime` in our
+    answer's audio section (RFC 4566; browsers' Opus encoders follow the remote
+    description's ptime). 40 ms packets halve the inbound packet rate, and with
+    it the per-packet cost (socket read, SRTP, RTP parsing, a decode call),
+    for the same delay the edge's 40 ms inbound chunks already add. Clients
+    that ignore it keep sending 20 ms packets, which works just as well."""
+    if ptime_ms <= 0 or "a=ptime:" in sdp:
+        return sdp
+    out, in_audio = [], False
+    for line in sdp.split("\r\n"):
+        if line.startswith("m="):
+            if in_audio:
+                out.append(f"a=ptime:{ptime_ms}")
+            in_audio = line.startswith("m=audio")
+        out.append(line)
+    if in_audio:
+        # the audio section is last: insert before the trailing empty line
+        out.insert(len(out) - 1 if out and out[-1] == "" else len(out), f"a=ptime:{ptime_ms}")
+    return "\r\n".join(out)
+
+
 # -- pacing -------------------------------------------------------------------
 
 
@@ -117,10 +142,14 @@ class PacedOpusTrack(MediaStreamTrack):
     kind = "audio"
     SILENCE_SETTLE = 5  # zero frames the encoder sees before the cached packet takes over
 
-    def __init__(self, playout: Playout, bitrate: int = 32000, complexity: int = 6, application: str = "audio") -> None:
+    def __init__(self, playout: Playout, bitrate: int = 32000, complexity: int = 6, application: str = "audio",
+                 ptime_ms: int = 20) -> None:
         super().__init__()
         self.playout = playout
         self.bitrate, self.complexity, self.application = bitrate, complexity, application
+        # Opus packets of 20 or 40 ms (the latter only when encoding here): 40 ms
+        # halves the outbound packet rate for 20 ms more delay on agent audio.
+        self.frames_per_packet = 2 if ptime_ms >= 40 else 1
         self._encoder: opus.Encoder | None = None
         self._silence: bytes | None = None
         self._zeros = 0
@@ -145,7 +174,7 @@ class PacedOpusTrack(MediaStreamTrack):
         # The packet our encoder settles on for digital silence, made once with
         # the same settings (a few bytes: the decoder outputs silence from it).
         probe = opus.Encoder(WEBRTC_RATE, self.bitrate, self.complexity, application=self.application)
-        zeros = np.zeros(WEBRTC_FRAME_SAMPLES, np.int16)
+        zeros = np.zeros(WEBRTC_FRAME_SAMPLES * self.frames_per_packet, np.int16)
         for _ in range(self.SILENCE_SETTLE * 2):
             self._silence = probe.encode(zeros)
         return True
@@ -156,26 +185,39 @@ class PacedOpusTrack(MediaStreamTrack):
         ticker = self._ticker
         if ticker is None:
             ticker = self._ticker = Ticker.of()
+        per = self.frames_per_packet if self._encoder is not None else 1
         if self._tick is None:
             self._tick = ticker.next_tick()
         else:
-            self._tick += 1
-        await ticker.wait(self._tick)
-        late = time.monotonic() - ticker.due(self._tick)
+            self._tick += per
+        # A packet of `per` frames goes out when its LAST frame is due (its audio
+        # cannot be complete earlier, exactly as a 40 ms packetizer works).
+        due_tick = self._tick + per - 1
+        await ticker.wait(due_tick)
+        late = time.monotonic() - ticker.due(due_tick)
         self._lateness.observe(max(0.0, late))
         if late > FRAME_S:
             self._late.inc()
             if late > 0.2:
                 # Fell far behind (a stall): rejoin the grid now instead of
                 # bursting out the missed frames.
-                self._tick = ticker.next_tick() - 1
-        pcm = self.playout.next_frame()
-        if self.playout.on_output is not None:
-            self.playout.on_output(pcm)
+                self._tick = ticker.next_tick() - per
+        if per == 1:
+            pcm = self.playout.next_frame()
+            if self.playout.on_output is not None:
+                self.playout.on_output(pcm)
+        else:
+            parts = []
+            for _ in range(per):
+                part = self.playout.next_frame()
+                if self.playout.on_output is not None:
+                    self.playout.on_output(part)
+                parts.append(part)
+            pcm = np.concatenate(parts)
         audible = bool(pcm.any())
-        (self._frames_audio if audible else self._frames_silence).inc()
+        (self._frames_audio if audible else self._frames_silence).inc(per)
         pts = self._n * WEBRTC_FRAME_SAMPLES
-        self._n += 1
+        self._n += per
         if self._encoder is None:
             frame = av.AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout="mono")
             frame.sample_rate = WEBRTC_RATE

@@ -36,7 +36,7 @@ from voxmesh.v1 import stt_pb2, tts_pb2
 from voxmesh_edge.audio import STT_RATE, WEBRTC_RATE, Resampler, frame_to_mono
 from voxmesh_edge import resume
 from voxmesh_edge.echo import EchoGuard
-from voxmesh_edge.media import PacedOpusTrack, accelerate
+from voxmesh_edge.media import PacedOpusTrack, accelerate, request_ptime
 from voxmesh_edge.playout import Playout, PlayoutTrack, Segment
 from voxmesh_edge.settings import EdgeSettings
 from voxmesh_edge.upstreams import Upstreams
@@ -93,7 +93,8 @@ class EdgeSession:
         self.playout.on_output = self.echo.played
         self._echo_utterances: set[int] = set()
         # The fast media path (voxmesh_edge.media): inline Opus, one shared clock.
-        self.track = (PacedOpusTrack(self.playout, settings.opus_bitrate, settings.opus_complexity, settings.opus_application)
+        self.track = (PacedOpusTrack(self.playout, settings.opus_bitrate, settings.opus_complexity, settings.opus_application,
+                                     settings.playout_ptime_ms)
                       if settings.fast_media else PlayoutTrack(self.playout))
         # Inbound audio, 16 kHz PCM, from the very first frame.
         self.inbound: asyncio.Queue[bytes | None] = asyncio.Queue()
@@ -172,7 +173,8 @@ class EdgeSession:
         # The token lets the client reattach to this conversation on any edge if
         # this PeerConnection fails or this edge drains (voxmesh_edge.resume).
         self.send_client({"type": "session", "session_id": self.id, "resume_token": self.resume_token(), "resumed": self.resumed})
-        return self.pc.localDescription.sdp
+        return request_ptime(self.pc.localDescription.sdp, self.settings.inbound_ptime_ms) if self.settings.fast_media \
+            else self.pc.localDescription.sdp
 
     def resume_token(self) -> str:
         return resume.issue(self.settings.token_secret, self.id, self.settings.token_ttl_s)

@@ -94,3 +94,10 @@ class EdgeSettings:
     # whatever its length, so 40 ms halves that cost for 10 ms more delay on
     # average. 20 = every frame at once.
     inbound_chunk_ms: int = 40
+    # Asked of the caller in our answer (a=ptime): audio per packet it sends.
+    # Browsers follow it; 40 ms halves the inbound packet rate (and its cost) for
+    # no delay beyond inbound_chunk_ms. 0 = don't ask (callers send 20 ms).
+    inbound_ptime_ms: int = 40
+    # Agent audio per packet we send: 20, or 40 to halve the outbound packet
+    # rate for 20 ms more delay on every reply.
+    playout_ptime_ms: int = 20
