@@ -20,7 +20,7 @@ import signal
 import uuid
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from voxmesh.core.logging import session_id_var
 from voxmesh.core.metrics import metric
@@ -28,7 +28,8 @@ from voxmesh.core.settings import from_env
 from voxmesh.core.webrtc import configure_ice_hosts, configure_ice_port_range
 from voxmesh.v1 import orchestrator_pb2 as opb
 from voxmesh_edge import resume
-from voxmesh_edge.routing import RESUMED_KEY, SESSION_ID_KEY, SessionRouter
+from voxmesh_edge import workers
+from voxmesh_edge.routing import FORWARDED_BY, RESUMED_KEY, SESSION_ID_KEY, SessionRouter
 from voxmesh_edge.session import EdgeSession, SessionError
 from voxmesh_edge.settings import EdgeSettings
 from voxmesh_edge.upstreams import Upstreams
@@ -206,7 +207,7 @@ class Edge:
         return web.FileResponse(STATIC / "index.html")
 
     async def metrics(self, request: web.Request) -> web.Response:
-        return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+        return web.Response(body=workers.metrics_text(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def healthz(self, request: web.Request) -> web.Response:
         return web.json_response({"ok": True})
@@ -220,6 +221,9 @@ class Edge:
 
     async def drain_route(self, request: web.Request) -> web.Response:
         asyncio.get_running_loop().create_task(self.drain())
+        if self.settings.workers > 1 and FORWARDED_BY not in request.headers and self.router is not None:
+            # The pod drains, not just the worker the kernel handed this request to.
+            asyncio.get_running_loop().create_task(workers.drain_siblings(self.settings, self.router.name))
         return web.json_response({"draining": True, "sessions": len(self.sessions)})
 
     async def drain(self) -> None:
@@ -300,13 +304,20 @@ def _resume_token(request: web.Request) -> str:
 
 
 async def main() -> None:
-    settings = from_env(EdgeSettings, "VOXMESH_EDGE")
+    settings = workers.worker_settings(from_env(EdgeSettings, "VOXMESH_EDGE"))
+    if settings.workers > 1 and settings.worker_index < 0:
+        await workers.supervise(settings)  # this process only runs the workers
+        return
     edge = Edge(settings)
     runner = web.AppRunner(edge.app(), access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, settings.host, settings.port)
+    # Worker processes share the pod's port (the kernel spreads connections) and
+    # each has its own, where forwarded signaling for its sessions arrives.
+    site = web.TCPSite(runner, settings.host, settings.port, reuse_port=settings.workers > 1)
     await site.start()
-    log.info("serving", extra={"port": settings.port})
+    if settings.workers > 1:
+        await web.TCPSite(runner, settings.host, workers.worker_port(settings.port, settings.worker_index)).start()
+    log.info("serving", extra={"port": settings.port, "worker": settings.worker_index})
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

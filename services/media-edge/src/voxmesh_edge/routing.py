@@ -52,10 +52,11 @@ import redis.exceptions
 from aiohttp import web
 
 from voxmesh.core.metrics import metric
-from voxmesh.core.routing.membership import EndpointSliceMembership, Member, Membership, StaticMembership
+from voxmesh.core.routing.membership import EndpointSliceMembership, Member, Membership, MemberSet, StaticMembership
 from voxmesh.core.routing.owners import SessionOwners
 from voxmesh.core.routing.ring import EmptyRingError, Ring
 from voxmesh_edge import resume as resume_mod
+from voxmesh_edge import workers
 from voxmesh_edge.settings import EdgeSettings
 
 log = logging.getLogger(__name__)
@@ -136,7 +137,11 @@ class SessionRouter:
         redis: aioredis.Redis | None = None,
     ) -> None:
         self.settings = settings
-        self.name = settings.pod_name
+        # A pod's worker processes are members in their own right (voxmesh_edge.workers).
+        self.name = workers.member_name(settings.pod_name, settings.worker_index, settings.workers)
+        self._view_src: MemberSet | None = None
+        self._view = MemberSet()
+        self._view_ring = Ring()
         self._sessions = sessions
         self._is_draining = is_draining
         self.membership = membership or build_membership(settings)
@@ -215,7 +220,7 @@ class SessionRouter:
         owner = await self._owner_of(sid)
         if owner is None or owner == self.name:
             return self._mark(await handler(request))
-        member = self.membership.current.get(owner)
+        member = self._members().get(owner)
         if member is None:
             # Its edge left the membership: the session died with it (a reconnect
             # POST would take it over; a DELETE or a query has nothing to reach).
@@ -245,7 +250,7 @@ class SessionRouter:
                 request[SESSION_ID_KEY] = resume
                 return await self._serve_new(request, handler, resume, previous=None)
             if owner is not None and owner != self.name:
-                member = self.membership.current.get(owner)
+                member = self._members().get(owner)
                 if member is not None and not self._is_suspect(owner) and not await self._member_draining(owner):
                     # The owner is alive as far as we know: the reconnect is its
                     # business (it replaces the PeerConnection on the same session).
@@ -269,7 +274,7 @@ class SessionRouter:
                     continue
                 request[SESSION_ID_KEY] = sid
                 return await self._serve_new(request, handler, sid, previous)
-            member = self.membership.current.get(target)
+            member = self._members().get(target)
             if member is None:
                 continue
             resp = await self._forward(request, body, member, place=sid, replaces=previous)
@@ -297,7 +302,7 @@ class SessionRouter:
         owner = await self._claim(sid, previous)
         if owner is not None and owner != self.name:
             # Lost a race (two reconnects, or a peer claimed it first).
-            member = self.membership.current.get(owner)
+            member = self._members().get(owner)
             if member is not None and not self._forwarded(request):
                 resp = await self._forward(request, await request.read(), member)
                 if resp is not None:
@@ -339,7 +344,8 @@ class SessionRouter:
         return [*fresh, *(m for m in order if m not in fresh), self.name]
 
     async def _ring(self) -> Ring:
-        ring = self.membership.ring
+        self._members()
+        ring = self._view_ring if self.settings.workers > 1 else self.membership.ring
         if self._is_draining() and self.name in ring and self.name not in ring.draining:
             ring = ring.drain(self.name)
         if len(ring.active) <= 1:
@@ -352,12 +358,24 @@ class SessionRouter:
         return ring.drain(*draining) if draining else ring
 
     async def _member_draining(self, member: str) -> bool:
-        if member in self.membership.current.draining:
+        if member in self._members().draining:
             return True
         try:
             return bool(await self.redis.exists(self._drain_key(member)))
         except _REDIS_ERRORS:
             return False
+
+    def _members(self) -> MemberSet:
+        """The current members as the ring sees them: pods, or with several
+        worker processes per pod, their workers (rebuilt once per change)."""
+        cur = self.membership.current
+        if self.settings.workers <= 1:
+            return cur
+        if cur is not self._view_src:
+            self._view_src = cur
+            self._view = workers.expand(cur, self.settings.workers, self.settings.port)
+            self._view_ring = self._view.ring()
+        return self._view
 
     def _is_suspect(self, member: str) -> bool:
         return self._suspect.get(member, 0) > time.monotonic()
@@ -504,7 +522,7 @@ class SessionRouter:
 
 def debug_state(router: SessionRouter) -> dict[str, Any]:
     """For /v1/admin/routing: what this edge believes."""
-    cur = router.membership.current
+    cur = router._members()
     return {
         "member": router.name,
         "ready": sorted(cur.ready),

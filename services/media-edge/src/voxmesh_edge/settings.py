@@ -69,6 +69,14 @@ class EdgeSettings:
     forward_secret: str = ""
     redis_timeout_s: float = 2.0
 
+    # ---- worker processes (voxmesh_edge.workers) ----
+    # Edge processes per pod (one core each). >1: a supervisor runs them; each is
+    # a ring member named {pod_name}.w{i}, shares `port` (SO_REUSEPORT) and also
+    # listens on port+1+i, where peers forward its sessions' signaling. Every
+    # pod must run the same number.
+    workers: int = 1
+    worker_index: int = -1             # set by the supervisor for each worker
+
     # ---- media ----
     # UDP ports for ICE host candidates, inclusive (0, 0 = any ephemeral port).
     # A cluster opens this range in its firewall / hostNetwork node; each

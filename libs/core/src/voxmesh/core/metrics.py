@@ -24,13 +24,17 @@ class Spec:
     help: str
     labels: tuple[str, ...] = ()
     buckets: tuple[float, ...] = LATENCY_BUCKETS
+    # Gauges only, when a service runs several processes (prometheus_client
+    # multiprocess mode): how their values combine. "livesum": one series, the
+    # sum over the live processes.
+    multiprocess_mode: str = "all"
 
 
 CATALOG: dict[str, Spec] = {
     # media-edge
     "voxmesh_ttfa_seconds": Spec(Histogram, "User end of speech to the first agent audio frame sent"),
     "voxmesh_bargein_stop_seconds": Spec(Histogram, "User speech start to agent audio stopped"),
-    "voxmesh_active_sessions": Spec(Gauge, "Sessions with a live connection on this process"),
+    "voxmesh_active_sessions": Spec(Gauge, "Sessions with a live connection on this process (pod, with worker processes)", multiprocess_mode="livesum"),
     "voxmesh_sessions_total": Spec(Counter, "Sessions created, by outcome", ("outcome",)),
     "voxmesh_http_requests_total": Spec(Counter, "Signaling requests by route and status code", ("route", "code")),
     "voxmesh_playout_frames_total": Spec(Counter, "Agent audio frames sent to clients", ("kind",)),
@@ -79,6 +83,8 @@ def _create(name: str):
     spec = CATALOG[name]
     if spec.kind is Histogram:
         return Histogram(name, spec.help, spec.labels, buckets=spec.buckets)
+    if spec.kind is Gauge:
+        return Gauge(name, spec.help, spec.labels, multiprocess_mode=spec.multiprocess_mode)
     return spec.kind(name, spec.help, spec.labels)
 
 
