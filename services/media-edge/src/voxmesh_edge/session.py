@@ -328,7 +328,18 @@ class EdgeSession:
                 data = await self.inbound.get()
                 if data is None:
                     return
+                # Whatever else is already queued goes in the same message: no delay
+                # when stt keeps up, fewer (costly) gRPC writes when the edge is busy.
+                end = False
+                while not self.inbound.empty() and len(data) < 32000:
+                    more = self.inbound.get_nowait()
+                    if more is None:
+                        end = True
+                        break
+                    data += more
                 yield stt_pb2.TranscribeRequest(audio=data)
+                if end:
+                    return
 
         # wait_for_ready: with every replica down the stream waits for one to
         # come back instead of failing in a loop.
