@@ -202,3 +202,19 @@ def test_40_ms_packets_and_chunks_decode_to_640_samples():
     frames = [q.get_nowait() for _ in range(q.qsize())]
     assert [f.samples for f in frames] == [640] * 7
     assert [f.pts for f in frames] == [640 * i for i in range(7)]
+
+
+async def test_40_ms_playout_packets_carry_two_frames_and_silence_is_cached():
+    playout = Playout(lambda *a: None, lambda t: None)
+    track = PacedOpusTrack(playout, ptime_ms=40)
+    assert track.use_opus()
+    t = np.arange(48000 // 5)  # 200 ms of tone, then silence
+    playout.enqueue(Segment("a1", 0, (8000 * np.sin(2 * np.pi * 300 * t / 48000)).astype(np.int16), (0, 5), [], "hello", True))
+    dec = opus.Decoder(48000)
+    packets = [await track.recv() for _ in range(15)]
+    assert [p.pts for p in packets] == [1920 * i for i in range(15)]
+    sizes = [dec.decode(bytes(p)).size for p in packets]
+    assert sizes == [1920] * 15
+    assert len(bytes(packets[0])) > 20  # speech
+    assert bytes(packets[-1]) == track._silence and len(track._silence) <= 8  # cached silence
+    track.stop()
