@@ -169,6 +169,8 @@ class SessionRouter:
         # timeout makes a dead peer cost little before the next one is tried.
         timeout = aiohttp.ClientTimeout(total=self.settings.forward_timeout_s, connect=self.settings.forward_connect_timeout_s)
         self._http = aiohttp.ClientSession(timeout=timeout, auto_decompress=False)
+        # A restarted pod keeps its name: clear a drain flag its previous life left.
+        await self.draining_changed()
         self._spawn(self._lease_loop(), "owner-leases")
 
     async def close(self) -> None:
@@ -293,6 +295,10 @@ class SessionRouter:
         sid = request.headers.get(PLACE_SESSION) or resume or uuid.uuid4().hex
         if self._is_draining():
             return self._mark(web.json_response({"error": "this edge is draining"}, status=503))
+        if not resume and await self._conversation_exists(sid):
+            # A new session never takes the id of a stored conversation (only a
+            # resume token may reattach one).
+            return self._mark(web.json_response({"error": "session id in use"}, status=409))
         request[SESSION_ID_KEY] = sid
         return await self._serve_new(request, handler, sid, request.headers.get(PLACE_REPLACES) or None)
 
@@ -430,6 +436,13 @@ class SessionRouter:
             return None
         self._redis_up()
         return owner
+
+    async def _conversation_exists(self, sid: str) -> bool:
+        try:
+            return bool(await self.redis.exists(f"{self.owners.prefix}:s:{sid}:meta"))
+        except _REDIS_ERRORS as exc:
+            self._redis_down(exc)
+            return False
 
     async def _claim(self, sid: str, previous: str | None) -> str | None:
         """Owner after claiming `sid` for this edge; None when Redis is down."""
