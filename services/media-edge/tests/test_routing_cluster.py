@@ -249,9 +249,11 @@ async def test_offer_delete_and_reconnect_on_the_wrong_edge_reach_the_owner(edge
         assert r.status == 404
     # Posing as a peer to create a "new" session under a stored conversation's id
     # is refused (only its resume token reattaches it).
-    status, _, _, body = await create(http, edges, "edge-0", await again.offer(),
+    poser = Client()
+    status, _, _, body = await create(http, edges, "edge-0", await poser.offer(),
                                       **{"X-Voxmesh-Forwarded-By": "edge-9", "X-Voxmesh-Place-Session": sid})
     assert status == 409, body
+    await poser.pc.close()
     # An offer posted to a non-owner is forwarded too: with one session live on
     # edge-X, the next one goes elsewhere whichever edge receives it.
     c3 = Client()
