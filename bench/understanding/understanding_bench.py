@@ -287,7 +287,8 @@ def summarize(policy, results: list[Result], cpu, audio_s, wall, concurrency, de
         "false_cutoff_pauses": cut["pauses"] / max(1, n["pauses"]),
         "false_cutoff_clean": cut["clean"] / max(1, n["clean"]),
         "late_rate": late / max(1, len(results)),
-        "cpu_per_stream": cpu / audio_s * concurrency if audio_s else float("nan"),
+        # CPU seconds per second of audio streamed = cores one real-time stream keeps busy
+        "cpu_per_stream": cpu / audio_s if audio_s else float("nan"),
         "cpu_seconds": cpu,
         "audio_seconds": audio_s,
         "wall_seconds": wall,

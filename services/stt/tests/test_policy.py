@@ -33,3 +33,9 @@ def test_doubt_scales_the_wait():
     assert judge(0.0, "hello there", **KW).required_silence_ms == 2000
     assert judge(0.0, "", **KW).required_silence_ms == 2000
     assert judge(-1.0, "Thanks.", **KW).required_silence_ms < 2000  # no audio judgement: text alone
+
+
+def test_a_closed_sentence_waits_longer_when_the_audio_model_is_sure_it_is_not():
+    sure = judge(0.0, "I welcome to that.", **KW).required_silence_ms
+    doubtful = judge(0.3, "I welcome to that.", **KW).required_silence_ms
+    assert doubtful < 500 < sure <= 1100

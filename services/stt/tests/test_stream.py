@@ -109,16 +109,23 @@ class AsrDouble:
 
 
 class TurnModelDouble:
-    """P(complete) = the scripted value of the last word in the clip."""
+    """P(complete) = the scripted value of the last word in the clip; with
+    `short_tail_factor`, scaled by it when the clip ends less than 150 ms after the
+    last word (Smart Turn doubts a turn more with little trailing silence)."""
 
-    def __init__(self, script: Script) -> None:
+    def __init__(self, script: Script, short_tail_factor: float = 1.0) -> None:
         self.script = script
+        self.short_tail_factor = short_tail_factor
         self.calls = 0
 
     async def __call__(self, audio: np.ndarray) -> float:
         self.calls += 1
         words = self.script.words_in(audio)
-        return words[-1].p_complete if words else 0.0
+        if not words:
+            return 0.0
+        voiced = np.nonzero(np.abs(audio) > 0.01)[0]
+        tail_ms = (audio.size - voiced[-1]) * 1000 / SR if voiced.size else 0
+        return words[-1].p_complete * (self.short_tail_factor if tail_ms < 150 else 1.0)
 
 
 class VirtualClock:
@@ -140,8 +147,8 @@ class Timeline:
         return [type(e).__name__ for _, e in self.events]
 
 
-async def play(script: Script, *, turn_model: bool = True, chunk_ms: int = 20, tail_ms: int = 0, flush: bool = True,
-               asr: AsrDouble | None = None, backlog=lambda: 0, **cfg) -> tuple[Timeline, AsrDouble, TurnStream]:
+async def play(script: Script, *, turn_model: bool | TurnModelDouble = True, chunk_ms: int = 20, tail_ms: int = 0,
+               flush: bool = True, asr: AsrDouble | None = None, backlog=lambda: 0, **cfg) -> tuple[Timeline, AsrDouble, TurnStream]:
     clock = VirtualClock()
     fed = {"ms": 0}
     events: list = []
@@ -150,7 +157,7 @@ async def play(script: Script, *, turn_model: bool = True, chunk_ms: int = 20, t
         StreamConfig(**cfg),
         vad=EnergyVadDouble(),
         decode=asr,
-        turn_model=TurnModelDouble(script) if turn_model else None,
+        turn_model=turn_model if isinstance(turn_model, TurnModelDouble) else TurnModelDouble(script) if turn_model else None,
         emit=lambda ev: events.append((fed["ms"], ev)),
         clock=clock,
         backlog=backlog,
@@ -217,6 +224,18 @@ async def test_complete_question_ends_fast():
     assert final.start_ms == pytest.approx(400, abs=32) and final.end_ms == pytest.approx(s.speech_end_ms, abs=32)
     # the speculative decode started at the offset became the final: no second decode
     assert [k for k, _, _ in asr.calls] == ["speculative"]
+
+
+async def test_a_doubted_first_look_is_taken_again_at_min_silence():
+    # At the start of the pause the turn model (double) is unsure (0.95 * 0.1); at
+    # min_silence_ms it sees more silence and is sure: the turn ends then, not at
+    # the long wait the first look asked for.
+    s = Script(300, W("thank"), W("you"), W("very"), W("much", p_complete=0.95))
+    model = TurnModelDouble(s, short_tail_factor=0.1)
+    tl, _, _ = await play(s, turn_model=model, tail_ms=2500, min_silence_ms=200, max_silence_ms=2000)
+    (eot,) = tl.of(EndOfTurn)
+    assert eot.reason == "model" and model.calls == 2
+    assert eot.audio_offset_ms - s.speech_end_ms <= 200 + 64
 
 
 async def test_pause_inside_sentence_does_not_end_turn():

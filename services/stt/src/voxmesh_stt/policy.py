@@ -83,6 +83,7 @@ def text_kind(text: str) -> str:
 # mostly where the speaker stopped mid-phrase ("My phone number is five five five").
 _TEXT_PRIOR = {"final": 0.9, "neutral": 0.5, "empty": 0.5}
 _DOUBT_WEIGHT = {"final": 0.15, "neutral": 1.0, "empty": 1.0}
+_SURE_INCOMPLETE = 0.1
 
 
 def judge(p_audio: float, text: str, *, min_silence_ms: int, max_silence_ms: int, threshold: float) -> Judgement:
@@ -93,10 +94,17 @@ def judge(p_audio: float, text: str, *, min_silence_ms: int, max_silence_ms: int
         # cut short is the costliest cut-off (a wrong order looked up).
         return Judgement(round(min(p_audio, 0.1), 4) if p_audio >= 0 else 0.0, max_silence_ms, kind)
     prior = _TEXT_PRIOR[kind]
+    weight = _DOUBT_WEIGHT[kind]
     if p_audio < 0:
         doubt, p = 0.5, prior
     else:
         doubt = min(1.0, max(0.0, (threshold - p_audio) / max(threshold, 1e-6)))
         p = 0.5 * p_audio + 0.5 * prior
-    required = int(min_silence_ms + (max_silence_ms - min_silence_ms) * _DOUBT_WEIGHT[kind] * doubt)
+        if kind == "final" and p_audio < _SURE_INCOMPLETE:
+            # The audio model is sure the speaker is mid-phrase: a closed sentence is
+            # then as likely Whisper making a fragment whole ("I want the" ->
+            # "I welcome to that.") as a flat reading of a real question, so the
+            # wait grows towards the middle of the range.
+            weight += (0.5 - weight) * (_SURE_INCOMPLETE - p_audio) / _SURE_INCOMPLETE
+    required = int(min_silence_ms + (max_silence_ms - min_silence_ms) * weight * doubt)
     return Judgement(round(p, 4), required, kind)

@@ -21,9 +21,10 @@ Event semantics (see stt.proto):
   decoder).
 - Exactly one Final per turn, with the whole turn's text, immediately before the
   EndOfTurn that closes the turn. Nothing of a turn is sent after its EndOfTurn.
-- End of turn: after min_silence_ms of silence the pause is judged once (the
-  turn model on the trailing audio, fused with the transcript's last words, see
-  policy.py) into a silence requirement between min_silence_ms and
+- End of turn: each pause is judged as soon as it starts (speculative_after_ms
+  of silence), and once more at min_silence_ms if that did not end it: the turn
+  model on the trailing audio, fused with the transcript's last words (see
+  policy.py), gives a silence requirement between min_silence_ms and
   max_silence_ms. Reasons: "model" (the judged requirement was met), "silence"
   (no turn model: min_silence_ms ends the turn), "max_wait" (max_silence_ms, the
   judgement held the turn open that long), "flush" (the caller closed its side).
@@ -179,6 +180,9 @@ class _Turn:
     pause_checked: bool = False  # the current pause has been (or is being) judged
     pause_id: int = 0  # bumps at every onset and offset: stale judgements are dropped
     judge_task: asyncio.Task | None = None
+    judge2_task: asyncio.Task | None = None
+    second_look: bool = False  # stage 2 of the judgement was started
+    judged_stage: int = 0  # the stage whose verdict is in force
     required_silence_ms: int | None = None  # from the judgement of the current pause
     text_kind: str = ""
     probability: float = -1.0
@@ -313,23 +317,19 @@ class TurnStream:
         if self._in_speech:
             assert t is not None
             if p >= self._neg:
-                if t.speculative is not None and t.speculative_end > t.last_speech_end:
-                    # a dip inside a word, not a pause: the early speculative is stale
-                    self._cancel(t.speculative)
-                    t.speculative = None
+                if t.pause_checked:
+                    # a dip inside a word, not a pause: its decode and judgement are stale
+                    self._new_pause(t)
                 t.last_speech_end = end
                 t.last_speech_end_wall = self._clock()
                 return
             silent_ms = self._ms(end - t.last_speech_end)
             if silent_ms >= cfg.speech_pad_ms:
                 self._in_speech = False
-                self._new_pause(t)
                 t.pauses.append(t.last_speech_end)
                 self._emit(SpeechStopped(t.utterance_id, self.offset_ms(t.last_speech_end)))
-            if silent_ms >= min(cfg.speculative_after_ms, cfg.speech_pad_ms) and (
-                t.speculative is None or t.speculative_end <= t.last_speech_end
-            ):
-                self._start_speculative(t, end)
+            if silent_ms >= min(cfg.speculative_after_ms, cfg.speech_pad_ms) and not t.pause_checked:
+                self._begin_pause(t, end)
             return
 
         if p >= cfg.vad_threshold:
@@ -353,16 +353,18 @@ class TurnStream:
         # being confirmed: that would cut the speaker off as they resume.
         if t is not None and self._cand_start is None and not t.closing and not self._in_speech:
             silence_ms = self._ms(end - t.last_speech_end)
+            if not t.pause_checked:
+                self._begin_pause(t, end)  # (a pause the in-speech branch did not see start)
             if silence_ms >= cfg.max_silence_ms:
                 await self._end_turn(end, "max_wait")
-            elif t.required_silence_ms is not None and silence_ms >= t.required_silence_ms:
-                await self._end_turn(end, "model")
-            elif silence_ms >= cfg.min_silence_ms and not t.pause_checked:
-                t.pause_checked = True
+            elif silence_ms >= cfg.min_silence_ms:
                 if self._turn_model is None:
                     await self._end_turn(end, "silence")
-                else:
-                    t.judge_task = self._spawn(self._judge(t, t.pause_id, end), "stt-judge")
+                elif t.required_silence_ms is not None and silence_ms >= t.required_silence_ms:
+                    await self._end_turn(end, "model")
+                elif not t.second_look and (t.required_silence_ms is None or t.required_silence_ms > cfg.min_silence_ms):
+                    t.second_look = True
+                    t.judge2_task = self._spawn(self._judge(t, t.pause_id, end, 2), "stt-judge2")
 
     def _onset(self, onset: int, end: int) -> None:
         self._cand_start = None
@@ -390,8 +392,6 @@ class TurnStream:
         else:
             # Speech resumed inside the turn: the speculative final and the
             # judgement of the pause are stale.
-            self._cancel(t.speculative)
-            t.speculative = None
             self._new_pause(t)
         t.last_speech_end = end
         t.last_speech_end_wall = now
@@ -409,17 +409,37 @@ class TurnStream:
             self._buf_start += drop
 
     # ------------------------------------------------------------ end of turn
+    def _begin_pause(self, t: _Turn, end: int) -> None:
+        """speculative_after_ms of silence: decode the turn so far and judge the pause
+        at once, both in the background. The judgement is applied once the silence
+        also reaches min_silence_ms, so neither model is on the critical path unless
+        it takes longer than that."""
+        t.pause_checked = True
+        self._start_speculative(t, end)
+        if self._turn_model is not None:
+            t.judge_task = self._spawn(self._judge(t, t.pause_id, end, 1), "stt-judge")
+
     def _new_pause(self, t: _Turn) -> None:
+        """Speech resumed: what was started for the pause is stale."""
         t.pause_id += 1
         t.pause_checked = False
+        t.second_look = False
+        t.judged_stage = 0
         t.required_silence_ms = None
         self._cancel(t.judge_task)
-        t.judge_task = None
+        self._cancel(t.judge2_task)
+        t.judge_task = t.judge2_task = None
+        self._cancel(t.speculative)
+        t.speculative = None
 
-    async def _judge(self, t: _Turn, pause_id: int, end: int) -> None:
-        """Judge the pause that reached min_silence_ms at sample `end`: the turn model
-        on the trailing audio and the transcript so far (the speculative final, which
-        the Final needs before EndOfTurn anyway), run concurrently."""
+    async def _judge(self, t: _Turn, pause_id: int, end: int, stage: int) -> None:
+        """Judge the pause at sample `end`: the turn model on the trailing audio and
+        the transcript so far (the speculative final, which the Final needs before
+        EndOfTurn anyway), run concurrently. Stage 1 runs as the pause starts, stage 2
+        at min_silence_ms when stage 1 did not end the turn there: Smart Turn reads
+        ~100 ms of trailing silence as less complete than ~200 ms, so the second look
+        rescues complete turns that the first one doubted. A later stage's verdict
+        replaces an earlier one."""
         audio = self._audio(max(t.start_sample, end - int(TURN_MODEL_MAX_S * SAMPLE_RATE)), end).copy()
         model_task = asyncio.ensure_future(self._turn_model(audio))
         try:
@@ -453,13 +473,15 @@ class TurnStream:
             verdict = judge(p_audio, t.text_with(text), min_silence_ms=cfg.min_silence_ms, max_silence_ms=cfg.max_silence_ms,
                             threshold=cfg.eou_threshold)
         async with self._lock:
-            if self._turn is not t or t.closing or t.pause_id != pause_id or self._closed:
+            if self._turn is not t or t.closing or t.pause_id != pause_id or self._closed or stage < t.judged_stage:
                 return
+            t.judged_stage = stage
             t.probability = verdict.probability
             t.required_silence_ms = verdict.required_silence_ms
             t.text_kind = verdict.text_kind
             log.debug("pause judged", extra={"p_audio": round(p_audio, 3), "p": verdict.probability, "kind": verdict.text_kind, "required_ms": verdict.required_silence_ms})
-            if self._ms(self._scored - t.last_speech_end) >= verdict.required_silence_ms:
+            silence_ms = self._ms(self._scored - t.last_speech_end)
+            if not self._in_speech and self._cand_start is None and silence_ms >= max(verdict.required_silence_ms, cfg.min_silence_ms):
                 reason = "model" if verdict.required_silence_ms < self.cfg.max_silence_ms else "max_wait"
                 await self._end_turn(self._scored, reason)
 
@@ -495,6 +517,8 @@ class TurnStream:
         if t.interim_task is not None and not t.interim_task.done():
             return  # one in flight per stream: never queue stale work behind it
         end = self._scored
+        if t.last_speech_end < end:
+            return  # the last window was not speech: a speculative final may be next, keep the executor free
         if self._ms(end - t.onset_sample) < cfg.interim_first_ms:
             return
         if t.interim_audio_end and self._ms(end - t.interim_audio_end) < cfg.interim_interval_ms:
@@ -617,8 +641,9 @@ class TurnStream:
             # The model held the turn open and the speaker did not go on.
             metric("voxmesh_eou_suspect_total").labels("late").inc()
         self._cancel(t.interim_task)
-        if t.judge_task is not asyncio.current_task():
-            self._cancel(t.judge_task)
+        for task in (t.judge_task, t.judge2_task):
+            if task is not asyncio.current_task():
+                self._cancel(task)
         text, seconds = await self._final_text(t, end)
         if text and not text.startswith(t.stable):
             text = t.stable  # cannot happen with a forced prefix; keep the promise anyway
@@ -633,6 +658,17 @@ class TurnStream:
             )
         )
         self._emit(EndOfTurn(t.utterance_id, t.probability, self.offset_ms(end), reason))
+        log.info(
+            "turn ended",
+            extra={
+                "utterance_id": t.utterance_id,
+                "reason": reason,
+                "probability": round(t.probability, 3),
+                "text_kind": t.text_kind,
+                "words": len(full.split()),
+                "eou_delay_ms": round((decided_wall - t.last_speech_end_wall) * 1000),
+            },
+        )
         if reason != "flush":
             metric("voxmesh_stt_final_seconds").observe(max(0.0, self._clock() - t.last_speech_end_wall))
         self._turn = None
