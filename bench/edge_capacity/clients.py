@@ -74,9 +74,13 @@ class LoopMic(MediaStreamTrack):
             await asyncio.sleep(wait)
         frames = len(self.packets[1])
         k = (self.phase + self.n) % frames
+        sent = time.monotonic()
         for j in range(per):
             if (k + j) % self.marker_every == 0:
-                self.marker_times.append(self.t0 + (self.n + j) * 0.02)
+                # When the packet with the marker leaves: the receive path is
+                # measured from here (a late caller process must not count against
+                # the edge). A 40 ms packet's first frame has already waited 20 ms.
+                self.marker_times.append(sent)
         p = av.Packet(self.packets[per][k // per])
         p.pts = self.n * FRAME
         p.time_base = TB
