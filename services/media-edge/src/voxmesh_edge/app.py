@@ -23,7 +23,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from voxmesh.core.logging import session_id_var
-from voxmesh.core.metrics import metric
+from voxmesh.core.metrics import metric, init_service_metrics
 from voxmesh.core.settings import from_env
 from voxmesh.core.webrtc import configure_ice_hosts, configure_ice_port_range
 from voxmesh.v1 import orchestrator_pb2 as opb
@@ -284,6 +284,7 @@ class Edge:
         return await self.router.middleware(request, handler)
 
     async def _startup(self, app: web.Application) -> None:
+        init_service_metrics("media-edge")
         configure_ice_hosts(self.settings.ice_hosts)
         configure_ice_port_range(self.settings.ice_port_min, self.settings.ice_port_max)
         self.upstreams = Upstreams(self.settings)

@@ -77,6 +77,45 @@ CATALOG: dict[str, Spec] = {
 
 _lock = threading.Lock()
 
+# Which service records which metrics: the CATALOG's sections, in order.
+_SECTIONS = [
+    ("media-edge", "voxmesh_ttfa_seconds"),
+    ("stt", "voxmesh_stt_active_streams"),
+    ("llm", "voxmesh_llm_ttft_seconds"),
+    ("tts", "voxmesh_tts_first_chunk_seconds"),
+    ("orchestrator", "voxmesh_turns_total"),
+    ("all", "voxmesh_errors_total"),
+]
+# Label values every dashboard and alert expects to see from the start, so a
+# rate() over them is 0 rather than absent before the first event.
+_KNOWN_LABELS: dict[str, tuple[tuple[str, ...], ...]] = {
+    "voxmesh_interruptions_total": (("confirmed",), ("false",), ("backchannel",), ("echo",)),
+    "voxmesh_session_recoveries_total": (("orchestrator",), ("stt",), ("edge",)),
+    "voxmesh_recovery_seconds": (("orchestrator",), ("stt",), ("edge",)),
+}
+
+
+def service_metrics(service: str) -> list[str]:
+    names = list(CATALOG)
+    starts = [names.index(first) for _, first in _SECTIONS] + [len(names)]
+    out: list[str] = []
+    for (owner, _), a, b in zip(_SECTIONS, starts, starts[1:]):
+        if owner in (service, "all"):
+            out += names[a:b]
+    if service == "media-edge":  # the edge counts the recoveries it completes and the echoes it drops
+        out += ["voxmesh_interruptions_total", "voxmesh_session_recoveries_total", "voxmesh_recovery_seconds"]
+    return out
+
+
+def init_service_metrics(service: str) -> None:
+    """Create a service's metrics at start, so /metrics shows every series it
+    will ever have (at zero) before the first call: scrapes, rate() and the
+    chart's checks see them from the beginning."""
+    for name in service_metrics(service):
+        collector = metric(name)
+        for values in _KNOWN_LABELS.get(name, ()):
+            collector.labels(*values)
+
 
 @functools.cache
 def _create(name: str):

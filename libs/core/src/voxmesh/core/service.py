@@ -18,7 +18,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from voxmesh.core.logging import setup_logging
-from voxmesh.core.metrics import serve_metrics
+from voxmesh.core.metrics import init_service_metrics, serve_metrics
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +59,7 @@ async def serve_grpc(
     bound = server.add_insecure_port(f"{host}:{port}")
     if not bound:
         raise RuntimeError(f"{name}: cannot bind {host}:{port}")
+    init_service_metrics(name)
     serve_metrics(metrics_port)
     await server.start()
     for svc in ["", *service_names]:
