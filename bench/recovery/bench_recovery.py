@@ -18,8 +18,9 @@ Recovery time, measured at the client from the kill:
   edge          -> the next agent audio on the new connection (detection included)
 
 Lost / duplicated turns, from Redis history and the client's events: a call
-must end with exactly one user and one assistant message (the order status),
-and no clause may be said twice on one connection. After an edge loss the
+must end with exactly one user and one assistant message, and no clause may be
+said twice on one connection. An answer without the order's status (stt
+misheard the digits) is counted apart as a wrong answer. After an edge loss the
 clause that was playing is said again from its start on the new edge: counted
 apart ("clauses re-said"), by design.
 
@@ -34,6 +35,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import pathlib
 import statistics
 import sys
@@ -122,7 +124,9 @@ class Bench:
         history = [json.loads(m) for m in self.r.lrange(f"vm:s:{result['session_id']}:history", 0, -1)]
         users = [m for m in history if m["role"] == "user"]
         assistants = [m for m in history if m["role"] == "assistant"]
-        row["lost"] = int(not users) + int(not assistants or "out for delivery" not in assistants[0]["content"])
+        row["lost"] = int(not users) + int(not assistants)
+        # Answered, but not with the order's status: the digits were misheard.
+        row["wrong_answer"] = int(bool(assistants) and "out for delivery" not in assistants[0]["content"])
         row["duplicated"] = max(0, len(users) - 1) + max(0, len(assistants) - 1)
         per_conn: dict = {}
         for e in events:
@@ -165,12 +169,20 @@ def main() -> None:
                 b.restore(row["killed"])
     finally:
         stack.stop()
+    summary = summarize(rows, kinds)
+    out = pathlib.Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"summary": summary, "runs": rows, "cores": os.cpu_count(), "measured": time.strftime("%Y-%m-%d")}, indent=1))
+    print(f"\nper-run rows: {out}")
+
+
+def summarize(rows: list[dict], kinds: list[str]) -> dict:
     print("\nrecovery after a SIGKILL, measured at the client (ms):")
     summary = {}
     for kind in kinds:
         rs = [r for r in rows if r["kind"] == kind]
         line = {"runs": len(rs), "lost_turns": sum(r["lost"] for r in rs), "duplicated": sum(r["duplicated"] for r in rs),
-                "incomplete_calls": sum(not r["completed"] for r in rs)}
+                "incomplete_calls": sum(not r["completed"] for r in rs), "wrong_answers": sum(r.get("wrong_answer", 0) for r in rs)}
         for key in ("recovery_ms", "next_clause_ms", "detect_ms", "reattach_ms"):
             xs = [r[key] for r in rs if r.get(key) is not None]
             if xs:
@@ -180,12 +192,8 @@ def main() -> None:
         summary[kind] = line
         figs = "  ".join(f"{k} p50 {v['p50']} p95 {v['p95']} (n={v['n']})" for k, v in line.items() if isinstance(v, dict))
         print(f"  {kind:12s} {figs}  lost {line['lost_turns']}  duplicated {line['duplicated']}  incomplete {line['incomplete_calls']}"
-              + (f"  clauses re-said {line['resaid_clauses']}" if kind == "edge" else ""))
-    out = pathlib.Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"summary": summary, "runs": rows, "cores": __import__("os").cpu_count(),
-                               "measured": time.strftime("%Y-%m-%d")}, indent=1))
-    print(f"\nper-run rows: {out}")
+              f"  wrong answers {line['wrong_answers']}" + (f"  clauses re-said {line['resaid_clauses']}" if kind == "edge" else ""))
+    return summary
 
 
 if __name__ == "__main__":
