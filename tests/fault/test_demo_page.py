@@ -76,7 +76,10 @@ def test_demo_page_moves_with_its_conversation_when_the_edge_drains(cluster, pag
         assert state["reconnects"] == 1, state
         assert len(state["users"]) == 2 and "order" in state["users"][0].lower(), state
         assert len(state["agents"]) == 2, state
-        history = cluster.history(state["sid"])
+        # the second reply is committed once generated (its first words are on the page already)
+        until = time.monotonic() + 15
+        while len(history := cluster.history(state["sid"])) < 4 and time.monotonic() < until:
+            time.sleep(0.2)
         assert [m["role"] for m in history] == ["user", "assistant", "user", "assistant"]
     finally:
         if drained:
