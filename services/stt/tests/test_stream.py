@@ -381,10 +381,23 @@ async def test_interims_have_stable_prefixes_that_later_results_keep():
     assert not any(isinstance(e, Interim) for _, e in tl.events[last_stop:])
 
 
+async def test_the_speculative_final_is_also_said_as_an_interim_before_the_final():
+    s = Script(200, W("where"), W("is"), W("my"), W("parcel?", 0.95))
+    tl, _, _ = await play(s, tail_ms=800, interim_results=True, interim_first_ms=5000)  # no cadence interims
+    kinds = tl.kinds()
+    assert kinds.count("Interim") == 1 and kinds.index("Interim") < kinds.index("Final")
+    assert tl.of(Interim)[0].text == tl.of(Final)[0].text == "where is my parcel?"
+    # without interim_results nothing but the Final carries it
+    tl, _, _ = await play(s, tail_ms=800, interim_results=False)
+    assert tl.of(Interim) == []
+
+
 async def test_interims_are_skipped_when_the_executor_is_behind():
     s = Script(200, *[W(w) for w in "a long sentence with many words in it".split()])
     tl, asr, _ = await play(s, tail_ms=600, interim_results=True, backlog=lambda: 3)
-    assert tl.of(Interim) == [] and not [c for c in asr.calls if c[0] == "interim"]
+    assert not [c for c in asr.calls if c[0] == "interim"]
+    # only the speculative final's text, at the pause
+    assert [i.text for i in tl.of(Interim)] == [tl.of(Final)[0].text]
     assert len(tl.of(Final)) == 1
 
 

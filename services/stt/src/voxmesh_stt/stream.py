@@ -16,9 +16,11 @@ Event semantics (see stt.proto):
   min_speech_ms of speech is seen, with the offset of the onset; SpeechStopped at
   every offset, speech_pad_ms after the last speech window, with the offset of the
   end of that window.
-- Interim (when asked for) while the user speaks; `stable_prefix` is a prefix of
-  `text` that every later Interim and the Final keep (it is forced into the
-  decoder).
+- Interim (when asked for) while the user speaks, and once more as soon as the
+  speculative final of a pause is decoded (so the orchestrator can start a
+  preemptive reply on the likely final text while the end of turn is decided);
+  `stable_prefix` is a prefix of `text` that every later Interim and the Final
+  keep (it is forced into the decoder).
 - Exactly one Final per turn, with the whole turn's text, immediately before the
   EndOfTurn that closes the turn. Nothing of a turn is sent after its EndOfTurn.
 - End of turn: each pause is judged as soon as it starts (speculative_after_ms
@@ -508,6 +510,26 @@ class TurnStream:
         audio = self._audio(t.seg_start, end).copy()
         t.speculative = self._spawn(self._decode(audio, t.stable, "speculative"), "stt-speculative")
         t.speculative_end = end
+        t.speculative.add_done_callback(lambda task, t=t, end=end: self._speculative_interim(t, task, end))
+
+    def _speculative_interim(self, t: _Turn, task: asyncio.Task, end: int) -> None:
+        """Say the speculative final as an interim the moment it is ready: the
+        speaker has paused, so it is likely the turn's text, and the
+        orchestrator starts generating a reply on it (preemptive generation)
+        while the end of turn is still being decided."""
+        if task.cancelled() or task.exception() is not None or not self.cfg.interim_results:
+            return
+        # (speech that resumed since has replaced or cleared t.speculative)
+        if t.closing or self._turn is not t or self._closed or t.speculative is not task:
+            return
+        text = task.result().text.strip()
+        if not text or not text.startswith(t.stable):
+            return
+        full = t.text_with(text)
+        if full == t.emitted_text:
+            return
+        t.emitted_text = full
+        self._emit(Interim(t.utterance_id, full, t.stable_prefix()))
 
     def _maybe_interim(self) -> None:
         t = self._turn
