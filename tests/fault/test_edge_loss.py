@@ -17,7 +17,7 @@ import urllib.request
 
 import pytest
 
-from conftest import assert_no_duplicate_clauses
+from faultlib import assert_no_duplicate_clauses
 
 pytestmark = pytest.mark.fault
 

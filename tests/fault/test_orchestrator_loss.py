@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from conftest import assert_no_duplicate_clauses
+from faultlib import assert_no_duplicate_clauses
 
 pytestmark = pytest.mark.fault
 
