@@ -37,7 +37,6 @@ import json
 import os
 import pathlib
 import re
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -49,7 +48,7 @@ import grpc
 import numpy as np
 
 from voxmesh.testing.servers import child_env, free_port, wait_for_grpc_health
-from voxmesh.testing.speech import normalize_words, read_pcm16, say_to_wav, word_error_rate
+from voxmesh.testing.speech import read_pcm16, say_to_wav, word_error_rate
 from voxmesh.v1 import stt_pb2, stt_pb2_grpc
 
 SR = 16000
@@ -249,8 +248,7 @@ def summarize(policy, results: list[Result], cpu, audio_s, wall, concurrency, de
         wers.append(word_error_rate(u.text, hyp))
         if r.first_interim_wall is not None:
             first_interim.append(r.first_interim_wall - u.onset_s)
-        # a turn ended before the utterance's last phrase began = a false cut-off
-        last_start = u.phrase_ends_s[-1] if u.phrase_ends_s else u.onset_s
+        # a turn ended before the utterance's last word = a false cut-off
         early = [e for e in r.eots if e[3] / 1000 < u.end_s - 0.05]
         if early or len(r.eots) > 1:
             cut[u.kind] += 1
@@ -267,7 +265,6 @@ def summarize(policy, results: list[Result], cpu, audio_s, wall, concurrency, de
             eou_audio.append(off / 1000 - u.end_s)
             final_lat.append(r.final_walls[-1] - u.end_s)
             final_after_eot.append(r.final_walls[-1] - off / 1000)
-        del last_start
     return {
         "policy": policy,
         "utterances": len(results),

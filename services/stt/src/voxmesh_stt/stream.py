@@ -228,8 +228,11 @@ class TurnStream:
         self._received = 0  # samples received
         self._scored = 0  # samples covered by VAD windows
         # Audio kept: the turn's audio while a turn is open, the pre-roll otherwise.
-        self._buf = np.zeros(0, dtype=np.float32)
-        self._buf_start = 0  # absolute sample index of _buf[0]
+        # Appended every 20 ms and read as slices: a buffer with spare capacity
+        # (amortized O(1) appends) instead of a concatenation per piece.
+        self._store = np.zeros(4 * SAMPLE_RATE, dtype=np.float32)
+        self._len = 0  # valid samples in _store
+        self._buf_start = 0  # absolute sample index of _store[0]
         self._preroll = config.preroll_ms * SAMPLE_RATE // 1000
         self._neg = max(0.0, config.vad_threshold - NEG_THRESHOLD_GAP)
         self._in_speech = False
@@ -253,9 +256,20 @@ class TurnStream:
         return samples * 1000 / SAMPLE_RATE
 
     def _audio(self, start: int, end: int) -> np.ndarray:
+        """A view of absolute samples [start, end) that are still kept: copy it before
+        handing it to another thread or keeping it across an append."""
         lo = max(start, self._buf_start) - self._buf_start
-        hi = max(lo, min(end, self._buf_start + self._buf.size) - self._buf_start)
-        return self._buf[lo:hi]
+        hi = max(lo, min(end, self._buf_start + self._len) - self._buf_start)
+        return self._store[lo:hi]
+
+    def _append(self, samples: np.ndarray) -> None:
+        need = self._len + samples.size
+        if need > self._store.size:
+            grown = np.zeros(max(need, 2 * self._store.size), dtype=np.float32)
+            grown[: self._len] = self._store[: self._len]
+            self._store = grown
+        self._store[self._len : need] = samples
+        self._len = need
 
     @property
     def audio_seconds(self) -> float:
@@ -273,7 +287,7 @@ class TurnStream:
             return
         samples = np.frombuffer(data[:usable], dtype="<i2").astype(np.float32) / 32768.0
         self._received += samples.size
-        self._buf = np.concatenate([self._buf, samples])
+        self._append(samples)
         metric("voxmesh_stt_audio_seconds_total").inc(samples.size / SAMPLE_RATE)
         async with self._lock:
             probs = await self._vad(samples)
@@ -405,9 +419,11 @@ class TurnStream:
         keep_from = self._turn.seg_start if self._turn is not None else self._received - self._preroll - 2 * WINDOW
         if self._cand_start is not None:
             keep_from = min(keep_from, self._cand_start - self._preroll)
-        drop = min(max(0, keep_from - self._buf_start), self._buf.size)
-        if drop:
-            self._buf = self._buf[drop:]
+        drop = min(max(0, keep_from - self._buf_start), self._len)
+        # Shift only once the dead part is large: a copy per turn, not per piece.
+        if drop and (drop >= self._store.size // 2 or drop == self._len):
+            self._store[: self._len - drop] = self._store[drop : self._len]
+            self._len -= drop
             self._buf_start += drop
 
     # ------------------------------------------------------------ end of turn
