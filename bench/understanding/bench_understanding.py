@@ -1,6 +1,6 @@
 """Streaming speech understanding of the stt service, on utterances made here.
 
-    python bench/understanding/understanding_bench.py [--policies fused,audio]
+    python bench/understanding/bench_understanding.py [--policies fused,audio]
         [--concurrency 1] [--quick] [--json bench/results/understanding.json]
 
 Starts the real service (`python -m voxmesh_stt`, real models, real gRPC) once per
