@@ -195,6 +195,39 @@ def histogram_quantile(before: dict, after: dict, name: str, q: float) -> float 
     return prev_le
 
 
+# Where the edge's time goes, from py-spy's collapsed stacks: each sample goes to
+# the first category whose marker is in its stack (order matters).
+CATEGORIES = [
+    ("opus encode", ["Encoder.encode (voxmesh_edge/opus"]),
+    ("opus decode", ["Decoder.decode (voxmesh_edge/opus", "Decoder.conceal"]),
+    ("SRTP protect/unprotect", ["Session.protect", "Session.unprotect", "Session.__process"]),
+    ("UDP send (sendto)", ["StunProtocol.send_data"]),
+    ("gRPC calls (stt, orchestrator, tts streams)", ["grpc/"]),
+    ("inbound: DTLS/RTP receive, reorder, frame build", ["RTCDtlsTransport._recv_next", "RTCRtpReceiver", "InlineDecoder"]),
+    ("playout: pacing, queue, echo reference, metrics", ["PacedOpusTrack", "PlayoutTrack", "Playout.", "EchoGuard", "Ticker"]),
+    ("outbound: RTP packetize and send (aiortc)", ["RTCRtpSender._run_rtp"]),
+    ("session: inbound audio to the stt queue", ["EdgeSession._read_track"]),
+    ("session: tts audio, resample, playback reports", ["EdgeSession._synthesize", "_on_progress", "_on_command"]),
+    ("SCTP data channel, RTCP, ICE", ["rtcsctptransport", "_run_rtcp", "aioice/ice.py"]),
+]
+
+
+def profile_breakdown(path: pathlib.Path) -> list[tuple[str, float]]:
+    counts: dict[str, int] = {}
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, n = line.rpartition(" ")
+        if not n.isdigit():
+            continue
+        total += int(n)
+        if "MainThread" not in stack.split(";", 1)[0]:
+            name = "gRPC poller thread" if "_poll_wrapper" in stack else "other threads (decoder, executor)"
+        else:
+            name = next((c for c, keys in CATEGORIES if any(k in stack for k in keys)), "event loop (uvloop) and other")
+        counts[name] = counts.get(name, 0) + int(n)
+    return sorted(((k, 100 * v / max(1, total)) for k, v in counts.items()), key=lambda kv: -kv[1])
+
+
 def pct(values: list[float], q: float) -> float | None:
     return float(np.percentile(values, q)) if values else None
 
@@ -264,6 +297,9 @@ async def run_one(n: int, args, redis_url: str, doubles_port: int, stt, loop_pat
     row = analyse(n, results, stt, m0, m1, c1 - c0, t0, t1)
     row["edge_threads_user+sys"] = cpu_split(th0, th1, t1 - t0)
     row["edge_waiting_for_cpu_pct"] = round(100 * (rd1 - rd0) / (t1 - t0), 1)
+    prof = workdir / f"profile-{n}.txt"
+    if args.profile and prof.exists():
+        row["profile_pct"] = {k: round(v, 1) for k, v in profile_breakdown(prof)}
     return row
 
 
