@@ -43,6 +43,7 @@ class Edge:
         self.settings = settings
         self.sessions: dict[str, EdgeSession] = {}
         self.draining = False
+        self._drain_task: asyncio.Task | None = None
         self.upstreams: Upstreams | None = None
         # Placement and owner forwarding (voxmesh_edge.routing); set up on startup.
         self.router: SessionRouter | None = None
@@ -220,6 +221,10 @@ class Edge:
         return web.json_response({"ready": True, "draining": self.draining, "sessions": len(self.sessions)})
 
     async def drain_route(self, request: web.Request) -> web.Response:
+        # The preStop hook and sibling workers call this from inside the pod;
+        # it sits on the public signaling port, so nobody else may.
+        if request.remote not in ("127.0.0.1", "::1"):
+            return self._error(403, "drain is accepted from inside the pod only", "POST /v1/admin/drain")
         asyncio.get_running_loop().create_task(self.drain())
         if self.settings.workers > 1 and FORWARDED_BY not in request.headers and self.router is not None:
             # The pod drains, not just the worker the kernel handed this request to.
@@ -231,8 +236,13 @@ class Edge:
         moving each client as soon as its conversation is between turns (the
         client reconnects with its resume token to another edge, so the move
         costs a reconnect and no words); at the deadline move the rest, and close."""
-        if self.draining:
-            return
+        if self._drain_task is None:
+            self._drain_task = asyncio.get_running_loop().create_task(self._drain())
+        # A SIGTERM during a drain the preStop hook started waits for it,
+        # instead of closing the live sessions at once.
+        await asyncio.shield(self._drain_task)
+
+    async def _drain(self) -> None:
         self.draining = True
         if self.router is not None:
             await self.router.draining_changed()
