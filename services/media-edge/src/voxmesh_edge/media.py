@@ -264,6 +264,8 @@ class ReorderBuffer:
         self._held: dict[int, object] = {}
         self.lost = 0
         self.late = 0
+        counter = metric("voxmesh_inbound_frames_lost_total")
+        self._lost_metric, self._late_metric = counter.labels(reason="lost"), counter.labels(reason="late")
 
     def add(self, packet) -> tuple[bool, _Batch | None]:
         seq = packet.sequence_number
@@ -275,6 +277,7 @@ class ReorderBuffer:
                 self._reset(seq)  # a sequence jump backwards (a new stream): start over
             else:
                 self.late += 1
+                self._late_metric.inc()
                 return False, None
         elif uint16_add(seq, -self._next) > 1000:
             self._reset(seq)  # a big jump forwards: the sender restarted
@@ -290,6 +293,7 @@ class ReorderBuffer:
                     break
                 items.append(None)  # give up on it: concealed downstream
                 self.lost += 1
+                self._lost_metric.inc()
             else:
                 items.append(p._data)
                 ts = p.timestamp if ts is None else ts
