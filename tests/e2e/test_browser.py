@@ -3,8 +3,6 @@ opens the demo page, presses Talk, is heard, and plays the agent's reply."""
 
 from __future__ import annotations
 
-import os
-import shutil
 import time
 
 import pytest
@@ -14,25 +12,10 @@ pytestmark = [pytest.mark.e2e, pytest.mark.browser]
 
 @pytest.fixture
 def browser(stack, tmp_path):
-    if not (shutil.which("chromium") and shutil.which("chromedriver")):
-        pytest.fail("chromium and chromium-driver are needed (apt-get install chromium chromium-driver)")
-    os.environ["SE_OFFLINE"] = "true"  # never let selenium try to download a driver
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
+    from voxmesh.testing.webrtc import chromium
 
-    # 16-bit PCM with ~1 s of leading silence: Chromium starts capture a bit late.
     wav = stack.speech("Where is my order four two one nine?", "browser", rate=48000, lead_silence=1.5, tail_silence=6.0)
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = shutil.which("chromium")
-    for flag in (
-        "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync",
-        "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
-        f"--use-file-for-fake-audio-capture={wav}%noloop", "--allow-loopback-in-peer-connection",
-        "--autoplay-policy=no-user-gesture-required", f"--user-data-dir={tmp_path / 'profile'}",
-    ):
-        opts.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=opts)
+    driver = chromium(wav, tmp_path / "profile")
     yield driver
     driver.quit()
 

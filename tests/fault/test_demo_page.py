@@ -6,8 +6,6 @@ the same conversation."""
 
 from __future__ import annotations
 
-import os
-import shutil
 import signal
 import subprocess
 import time
@@ -19,12 +17,7 @@ pytestmark = [pytest.mark.fault, pytest.mark.browser]
 
 @pytest.fixture
 def page(cluster, tmp_path):
-    if not (shutil.which("chromium") and shutil.which("chromedriver")):
-        pytest.fail("chromium and chromium-driver are needed (apt-get install chromium chromium-driver)")
-    os.environ["SE_OFFLINE"] = "true"
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
+    from voxmesh.testing.webrtc import chromium
     from voxmesh.testing.speech import say_to_wav
 
     # Turn 1 at ~1.5 s; turn 2 ~20 s later, after the first reply and the move.
@@ -32,17 +25,7 @@ def page(cluster, tmp_path):
     b = say_to_wav("Thank you very much", tmp_path / "b.wav", rate=48000, tail_silence=8.0)
     wav = tmp_path / "two-turns.wav"
     subprocess.run(["sox", str(a), str(b), str(wav)], check=True)
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = shutil.which("chromium")
-    for flag in (
-        "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync",
-        "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
-        f"--use-file-for-fake-audio-capture={wav}%noloop", "--allow-loopback-in-peer-connection",
-        "--autoplay-policy=no-user-gesture-required", f"--user-data-dir={tmp_path / 'profile'}",
-    ):
-        opts.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=opts)
+    driver = chromium(wav, tmp_path / "profile")
     yield driver
     driver.quit()
 

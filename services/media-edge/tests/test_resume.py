@@ -8,12 +8,11 @@ from __future__ import annotations
 import time
 
 import pytest
+
+from voxmesh.testing.webrtc import client_offer as offer
 import redis.asyncio as aioredis
 from aiohttp.test_utils import TestClient, TestServer
-from aiortc import RTCPeerConnection
-from aiortc.mediastreams import AudioStreamTrack
 
-from voxmesh.core.webrtc import configure_ice_hosts
 from voxmesh.testing.servers import redis_server
 from voxmesh_edge import resume
 from voxmesh_edge.app import Edge
@@ -50,13 +49,6 @@ async def edge(tmp_path):
             await c.redis.aclose()
 
 
-async def offer() -> tuple[RTCPeerConnection, str]:
-    configure_ice_hosts(("127.0.0.1",))
-    pc = RTCPeerConnection()
-    pc.addTrack(AudioStreamTrack())
-    pc.createDataChannel("events")
-    await pc.setLocalDescription(await pc.createOffer())
-    return pc, pc.localDescription.sdp
 
 
 async def test_resume_reattaches_to_the_same_conversation_and_refuses_foreign_or_stale_tokens(edge):

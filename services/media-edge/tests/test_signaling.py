@@ -5,11 +5,10 @@ offer; the upstream services are not needed to answer an offer."""
 from __future__ import annotations
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
-from aiortc import RTCPeerConnection
-from aiortc.mediastreams import AudioStreamTrack
 
-from voxmesh.core.webrtc import configure_ice_hosts
+from voxmesh.testing.webrtc import client_offer as real_offer
+from aiohttp.test_utils import TestClient, TestServer
+
 from voxmesh_edge.app import Edge
 from voxmesh_edge.settings import EdgeSettings
 
@@ -22,13 +21,6 @@ async def client():
         yield c
 
 
-async def real_offer() -> tuple[RTCPeerConnection, str]:
-    configure_ice_hosts(("127.0.0.1",))
-    pc = RTCPeerConnection()
-    pc.addTrack(AudioStreamTrack())
-    pc.createDataChannel("events")
-    await pc.setLocalDescription(await pc.createOffer())
-    return pc, pc.localDescription.sdp
 
 
 async def test_bad_requests_get_clear_errors_and_the_edge_keeps_serving(client):

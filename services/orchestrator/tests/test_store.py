@@ -3,18 +3,9 @@ the heard cut, tool results, deletion."""
 
 from __future__ import annotations
 
-import pytest
-
-from voxmesh.testing.servers import redis_server
-from voxmesh_orchestrator.store import SessionStore
 
 
-@pytest.fixture
-async def store(tmp_path):
-    with redis_server(tmp_path / "redis") as url:
-        s = SessionStore.from_url(url, ttl_s=60)
-        yield s
-        await s.close()
+
 
 
 async def test_commit_is_idempotent_by_turn_id(store):

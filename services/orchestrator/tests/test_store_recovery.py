@@ -4,16 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from voxmesh.testing.servers import redis_server
-from voxmesh_orchestrator.store import SessionStore, Superseded, saved_reply
+from voxmesh_orchestrator.store import Superseded, saved_reply
 
 
-@pytest.fixture
-async def store(tmp_path):
-    with redis_server(tmp_path / "redis") as url:
-        s = SessionStore.from_url(url, ttl_s=60)
-        yield s
-        await s.close()
 
 
 async def test_reply_record_is_per_reply_and_parsed_back(store):

@@ -76,3 +76,24 @@ def child_env(**extra: str) -> dict[str, str]:
     env.setdefault("PYTHONUNBUFFERED", "1")
     env.update(extra)
     return env
+
+
+@contextlib.asynccontextmanager
+async def serving_in_process(serve, port: int, timeout: float = 10.0):
+    """Run a service's `serve(stop_event)` coroutine in this event loop and
+    yield a channel to it on 127.0.0.1:`port`; stop it gracefully after."""
+    import asyncio
+
+    from voxmesh.core.grpc_client import channel
+
+    stop = asyncio.Event()
+    task = asyncio.create_task(serve(stop))
+    ch = channel(f"127.0.0.1:{port}")
+    try:
+        await asyncio.wait_for(ch.channel_ready(), timeout)
+        yield ch
+    finally:
+        await ch.close()
+        stop.set()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait_for(task, timeout)
