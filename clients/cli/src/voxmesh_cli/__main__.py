@@ -18,7 +18,7 @@ def _call(args: argparse.Namespace) -> int:
         call(
             args.file, url=args.url.rstrip("/"), out=args.out, timeout=args.timeout,
             ice_hosts=tuple(h for h in args.ice_hosts.split(",") if h),
-            barge_in=args.barge_in, barge_in_after_ms=args.barge_in_after,
+            barge_in=args.barge_in, barge_in_after_ms=args.barge_in_after, receive_prefetch=args.jitter_frames,
             then=args.then or (), reconnect=args.reconnect,
         )
     )
@@ -86,6 +86,8 @@ def main(argv: list[str] | None = None) -> None:
     c.add_argument("--ice-hosts", default="127.0.0.1", help="local ICE host addresses, comma separated ('' = all interfaces)")
     c.add_argument("--barge-in", help="a second WAV to play over the agent's reply")
     c.add_argument("--barge-in-after", type=int, default=1000, metavar="MS", help="ms after the agent's first audio")
+    c.add_argument("--jitter-frames", type=int, default=1, metavar="N",
+                   help="20 ms frames the receive jitter buffer holds before playing (aiortc default 4; a browser keeps ~1-2 here)")
     c.add_argument("--then", action="append", metavar="WAV", help="another turn, played after the previous reply (repeatable)")
     c.add_argument("--reconnect", action="store_true",
                    help="on a lost connection or a `move` from a draining edge, reattach to the conversation with its resume token")
