@@ -68,6 +68,17 @@ class DecodeResult:
     no_speech_prob: float = 0.0
 
 
+@dataclass(frozen=True)
+class Plan:
+    """One decode's inputs, fixed before its encoder pass."""
+
+    audio: np.ndarray
+    prefix: str
+    prefix_tokens: list[int]
+    max_length: int
+    window_s: float
+
+
 def _compression_ratio(text: str) -> float:
     data = text.encode("utf-8")
     return len(data) / max(1, len(zlib.compress(data)))
@@ -158,6 +169,67 @@ class WhisperAsr:
     def encode_text(self, text: str) -> list[int]:
         return self.tokenizer.encode(" " + text.strip()) if text.strip() else []
 
+    def plan(self, audio: np.ndarray, *, prefix: str = "", pad_s: float = 8.0, max_tokens_per_s: float = 8.0) -> "Plan":
+        audio = np.asarray(audio, dtype=np.float32)[: int(FULL_WINDOW_S * SAMPLE_RATE)]
+        duration = audio.size / SAMPLE_RATE
+        prefix_tokens = self.encode_text(prefix)
+        # Room for the words of the clip, never the whole 448-token context: a
+        # looping decode stops here instead of running for seconds.
+        budget = len(self.prompt) + len(prefix_tokens) + 12 + int(math.ceil(duration * max_tokens_per_s))
+        max_length = min(int(getattr(self.model, "max_length", 448)), budget, 448)
+        window = FULL_WINDOW_S if pad_s <= 0 else min(FULL_WINDOW_S, math.ceil((duration + pad_s) * 2) / 2)
+        return Plan(audio, prefix.strip(), prefix_tokens, max_length, window)
+
+    def encode(self, plan: "Plan", window_s: float | None = None) -> tuple[Any, float]:
+        """Encoder pass (the larger half of a decode); returns (encoder output, seconds)."""
+        import ctranslate2
+
+        t0 = time.perf_counter()
+        feats = self.log_mel(plan.audio, int((window_s or plan.window_s) * 100))
+        sv = ctranslate2.StorageView.from_array(np.ascontiguousarray(feats[None], dtype=np.float32))
+        return self.model.encode(sv, to_cpu=False), time.perf_counter() - t0
+
+    def _generate(self, plan: "Plan", encoded: Any, beam_size: int) -> tuple[list[int], float, float, bool]:
+        out = self.model.generate(
+            encoded,
+            [self.prompt + plan.prefix_tokens],
+            beam_size=beam_size,
+            max_length=plan.max_length,
+            return_no_speech_prob=True,
+            return_scores=True,
+            suppress_blank=not plan.prefix_tokens,
+            suppress_tokens=[-1],
+        )[0]
+        ids = [t for t in out.sequences_ids[0] if t < self.eot]
+        hit_bound = len(self.prompt) + len(out.sequences_ids[0]) >= plan.max_length - 1
+        # scores: sum of token log-probs / length (length_penalty 1).
+        return ids, float(out.no_speech_prob), float(out.scores[0]) if out.scores else 0.0, hit_bound
+
+    def finish(self, plan: "Plan", encoded: Any, encode_s: float, *, beam_size: int = 1, redo_loops: bool = True) -> DecodeResult:
+        """Search on an encoder output. A result that looks like a loop is redone on
+        the full window when `redo_loops` (finals), else cut where the repetition
+        starts (interims: cheap, and the next interim decodes again anyway)."""
+        t0 = time.perf_counter()
+        ids, no_speech, logprob, hit_bound = self._generate(plan, encoded, beam_size)
+        text = self._text(ids, plan.prefix_tokens)
+        window, fallback = plan.window_s, False
+        if redo_loops and window < FULL_WINDOW_S and (hit_bound or looks_looped(text)):
+            # Looks like a repetition loop: the short window is the likely cause.
+            fallback, window = True, FULL_WINDOW_S
+            encoded, _ = self.encode(plan, window)
+            ids, no_speech, logprob, hit_bound = self._generate(plan, encoded, beam_size)
+            text = self._text(ids, plan.prefix_tokens)
+        if looks_looped(text):
+            text = cut_repeat(text)
+            if plan.prefix and not text.startswith(plan.prefix):
+                text = plan.prefix
+        if not plan.prefix_tokens and no_speech > 0.6 and logprob < -1.0:
+            # Whisper's own silence rule: a cough or noise that passed the VAD, from
+            # which it would otherwise make up a sentence.
+            text = ""
+        seconds = encode_s + time.perf_counter() - t0
+        return DecodeResult(text=text, seconds=seconds, window_s=window, fallback=fallback, no_speech_prob=no_speech)
+
     def decode(
         self,
         audio: np.ndarray,
@@ -168,58 +240,11 @@ class WhisperAsr:
         max_tokens_per_s: float = 8.0,
         redo_loops: bool = True,
     ) -> DecodeResult:
-        """Transcribe float32 16 kHz `audio` (at most 30 s) that must start with `prefix`.
-        A result that looks like a loop is redone on the full window when
-        `redo_loops` (finals), else cut where the repetition starts (interims:
-        cheap, and the next interim decodes again anyway)."""
-        import ctranslate2
-
-        t0 = time.perf_counter()
-        audio = np.asarray(audio, dtype=np.float32)[: int(FULL_WINDOW_S * SAMPLE_RATE)]
-        duration = audio.size / SAMPLE_RATE
-        prefix_tokens = self.encode_text(prefix)
-        # Room for the words of the clip, never the whole 448-token context: a
-        # looping decode stops here instead of running for seconds.
-        budget = len(self.prompt) + len(prefix_tokens) + 12 + int(math.ceil(duration * max_tokens_per_s))
-        max_length = min(self.model.max_length if hasattr(self.model, "max_length") else 448, budget, 448)
-
-        def run(window_s: float) -> tuple[list[int], float, bool]:
-            feats = self.log_mel(audio, int(window_s * 100))
-            sv = ctranslate2.StorageView.from_array(np.ascontiguousarray(feats[None], dtype=np.float32))
-            out = self.model.generate(
-                sv,
-                [self.prompt + prefix_tokens],
-                beam_size=beam_size,
-                max_length=max_length,
-                return_no_speech_prob=True,
-                return_scores=True,
-                suppress_blank=not prefix_tokens,
-                suppress_tokens=[-1],
-            )[0]
-            ids = [t for t in out.sequences_ids[0] if t < self.eot]
-            hit_bound = len(self.prompt) + len(out.sequences_ids[0]) >= max_length - 1
-            # scores: sum of token log-probs / length (length_penalty 1).
-            return ids, float(out.no_speech_prob), float(out.scores[0]) if out.scores else 0.0, hit_bound
-
-        window = FULL_WINDOW_S if pad_s <= 0 else min(FULL_WINDOW_S, math.ceil((duration + pad_s) * 2) / 2)
-        ids, no_speech, logprob, hit_bound = run(window)
-        text = self._text(ids, prefix_tokens)
-        fallback = False
-        if redo_loops and window < FULL_WINDOW_S and (hit_bound or looks_looped(text)):
-            # Looks like a repetition loop: the short window is the likely cause.
-            fallback = True
-            window = FULL_WINDOW_S
-            ids, no_speech, logprob, hit_bound = run(window)
-            text = self._text(ids, prefix_tokens)
-        if looks_looped(text):
-            text = cut_repeat(text)
-            if prefix and not text.startswith(prefix.strip()):
-                text = prefix.strip()
-        if not prefix_tokens and no_speech > 0.6 and logprob < -1.0:
-            # Whisper's own silence rule: a cough or noise that passed the VAD, from
-            # which it would otherwise make up a sentence.
-            text = ""
-        return DecodeResult(text=text, seconds=time.perf_counter() - t0, window_s=window, fallback=fallback, no_speech_prob=no_speech)
+        """Transcribe float32 16 kHz `audio` (at most 30 s) that must start with
+        `prefix`, in one go (encode + search)."""
+        plan = self.plan(audio, prefix=prefix, pad_s=pad_s, max_tokens_per_s=max_tokens_per_s)
+        encoded, encode_s = self.encode(plan)
+        return self.finish(plan, encoded, encode_s, beam_size=beam_size, redo_loops=redo_loops)
 
     def _text(self, ids: list[int], prefix_tokens: list[int]) -> str:
         # CTranslate2 returns the forced prefix as part of the sequence.

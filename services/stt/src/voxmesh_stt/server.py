@@ -63,17 +63,22 @@ class Engine:
 
     async def decode(self, audio: np.ndarray, prefix: str, kind: str) -> Transcript:
         s = self.settings
-        beam = s.interim_beam_size if kind == "interim" else s.final_beam_size
-
-        pad = s.encoder_pad_s if kind == "interim" else s.final_encoder_pad_s
-
-        def job() -> asr_mod.DecodeResult:
-            return self.asr.decode(
-                audio, beam_size=beam, prefix=prefix, pad_s=pad, max_tokens_per_s=s.max_tokens_per_s, redo_loops=kind != "interim"
-            )
-
-        # Cancelling the awaiting task cancels the job if it has not started.
-        result = await asyncio.wrap_future(self.scheduler.submit(_PRIORITY[kind], job))
+        asr = self.asr
+        prio = _PRIORITY[kind]
+        interim = kind == "interim"
+        plan = asr.plan(
+            audio, prefix=prefix, pad_s=s.encoder_pad_s if interim else s.final_encoder_pad_s, max_tokens_per_s=s.max_tokens_per_s
+        )
+        beam = s.interim_beam_size if interim else s.final_beam_size
+        # Two jobs: the encoder pass, then the search. Between them a speculative or
+        # final decode that arrived meanwhile runs first, and a stream that moved on
+        # (it cancels this task) never submits the search: the wait a pause can see
+        # behind an interim is one encoder pass, not a whole decode. Cancelling the
+        # awaiting task also drops a job that has not started.
+        encoded, encode_s = await asyncio.wrap_future(self.scheduler.submit(prio, lambda: asr.encode(plan)))
+        result = await asyncio.wrap_future(
+            self.scheduler.submit(prio, lambda: asr.finish(plan, encoded, encode_s, beam_size=beam, redo_loops=not interim))
+        )
         metric("voxmesh_stt_decode_seconds").labels(kind).observe(result.seconds)
         return Transcript(result.text, result.seconds)
 
