@@ -126,20 +126,49 @@ class EdgeDouble:
         self.paused = asyncio.Event()
         self.paused.set()  # set = playing allowed
         self.stopped_turns: set[str] = set()
+        self.seen: set[tuple[str, int]] = set()
+        self.held: dict[str, list] = {}
         self.task: asyncio.Task | None = None
 
     async def send(self, cmd: opb.AgentCommand) -> None:
         self.commands.append(cmd)
         kind = cmd.WhichOneof("command")
         if kind == "say":
-            await self.queue.put(cmd.say)
-            if self.task is None or self.task.done():
-                self.task = asyncio.create_task(self._play())
+            key = (cmd.say.turn_id, cmd.say.clause_id)
+            if key in self.seen:
+                return  # the edge never says a clause twice
+            self.seen.add(key)
+            if cmd.say.provisional:
+                self.held.setdefault(cmd.say.turn_id, []).append(cmd.say)
+                return
+            await self._enqueue(cmd.say)
+        elif kind == "reply_committed":
+            for say in self.held.pop(cmd.reply_committed.turn_id, []):
+                await self._enqueue(say)
+        elif kind == "reply_discarded":
+            self.held.pop(cmd.reply_discarded.turn_id, None)
         elif kind == "interrupt":
             self.stopped_turns.add(cmd.interrupt.turn_id)
             self.paused.set()
         elif kind == "resume":
             self.paused.set()
+
+    async def _enqueue(self, say) -> None:
+        await self.queue.put(say)
+        if self.task is None or self.task.done():
+            self.task = asyncio.create_task(self._play())
+
+    def said(self) -> list[str]:
+        """Clauses that were (or are being) played, in order."""
+        out = []
+        for c in self.commands:
+            kind = c.WhichOneof("command")
+            if kind == "say" and not c.say.provisional and c.say.text not in out:
+                out.append(c.say.text)
+            elif kind == "reply_committed":
+                out += [c2.say.text for c2 in self.commands if c2.WhichOneof("command") == "say"
+                        and c2.say.provisional and c2.say.turn_id == c.reply_committed.turn_id]
+        return out
 
     def pause(self) -> None:
         self.paused.clear()

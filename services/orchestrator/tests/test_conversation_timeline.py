@@ -163,12 +163,15 @@ async def test_preemptive_reply_is_adopted_when_the_final_text_matches():
     await conv.handle(speech("speech_stopped", 1))
     await conv.handle(speech("interim", 1, text="Hello there."))  # user silent: speculate
     await asyncio.sleep(0.5)  # the end-of-turn model is still deciding
-    assert not any(k == "say" for k in edge.kinds()), "nothing is said before the commit"
+    says = [c.say for c in edge.commands if c.WhichOneof("command") == "say"]
+    assert [(s.clause_id, s.provisional) for s in says] == [(0, True)], "only the first clause, to synthesize, not to play"
+    assert edge.queue.empty() and edge.task is None, "nothing is played before the commit"
     assert await store.history("s1") == [], "nothing is stored before the commit"
     await conv.handle(speech("final", 1, text="Hello there"))
     await conv.handle(speech("end_of_turn", 1))
     await asyncio.sleep(0.01)
-    assert "say" in edge.kinds(), "the buffered first clause goes out at once"
+    assert edge.kinds()[-2:] == ["user_turn", "reply_committed"] or "reply_committed" in edge.kinds()
+    assert edge.said()[0] == "Your order is out for delivery.", "the pre-synthesized first clause plays at once"
     await asyncio.sleep(15)
     assert len(llm.calls) == 1 and llm.cancelled == 0
     hist = await store.history("s1")
@@ -180,10 +183,11 @@ async def test_preemptive_reply_is_discarded_when_the_user_goes_on():
     await conv.handle(speech("speech_started", 1))
     await conv.handle(speech("speech_stopped", 1))
     await conv.handle(speech("interim", 1, text="Cancel my order"))
-    await asyncio.sleep(0.1)
+    await asyncio.sleep(0.3)  # its first clause is out, to be synthesized
     await conv.handle(speech("speech_started", 1))  # "...can you tell me about it"
     await asyncio.sleep(0.01)
     assert llm.cancelled == 1
+    assert edge.kinds()[-1] == "reply_discarded", "the pre-synthesized clause is dropped at the edge"
     await conv.handle(speech("speech_stopped", 1))
     await conv.handle(speech("final", 1, text="Cancel my order? No, can you tell me about my order"))
     await conv.handle(speech("end_of_turn", 1))

@@ -27,18 +27,14 @@ class ResumingEdge(EdgeDouble):
 
     def __init__(self, holder: dict, **kw) -> None:
         super().__init__(holder, **kw)
-        self.seen: set[tuple[str, int]] = set()
         self.played_says: list[tuple[str, int, str]] = []
 
     async def send(self, cmd: opb.AgentCommand) -> None:
-        if cmd.WhichOneof("command") == "say":
+        if cmd.WhichOneof("command") == "say" and not cmd.say.provisional:
             key = (cmd.say.turn_id, cmd.say.clause_id)
-            if key in self.seen:
-                self.commands.append(cmd)
-                return
-            self.seen.add(key)
-            self.played_says.append((*key, cmd.say.text))
-        await super().send(cmd)
+            if key not in self.seen:
+                self.played_says.append((*key, cmd.say.text))
+        await super().send(cmd)  # EdgeDouble ignores a clause it already has
 
 
 def new_conv(store, llm, edge, holder) -> Conversation:

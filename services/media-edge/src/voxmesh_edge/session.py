@@ -69,6 +69,10 @@ class ReplyAudio:
     last_report: dict[int, tuple[int, float]] = field(default_factory=dict)
     # The latest Playback per clause, re-sent to a new orchestrator stream.
     reports: dict[int, opb.Playback] = field(default_factory=dict)
+    # Synthesized ahead of the turn commit: audio is held here, unplayed,
+    # until the orchestrator commits (or discards) the reply.
+    provisional: bool = False
+    held: list = field(default_factory=list)
 
     def all_played(self) -> bool:
         return self.end_of_reply and all(c in self.played for c in self.clauses)
@@ -433,7 +437,9 @@ class EdgeSession:
         return sum(w in agent for w in said) / len(said) >= 0.7
 
     def _reply_active(self) -> bool:
-        return self.playout.active_turn is not None or any(not r.all_played() for r in self.replies.values())
+        return self.playout.active_turn is not None or any(
+            not r.all_played() and not r.provisional for r in self.replies.values()
+        )
 
     def _on_speech_started(self, onset_ms: int) -> None:
         """Barge-in, first step: stop agent audio now, without a round trip.
@@ -557,6 +563,10 @@ class EdgeSession:
                 reply.end_of_reply = True
                 reply.requests.put_nowait(None)
                 self._maybe_reply_done(reply)
+        elif kind == "reply_committed":
+            self._commit_provisional(cmd.reply_committed.turn_id)
+        elif kind == "reply_discarded":
+            self._discard_provisional(cmd.reply_discarded.turn_id)
         elif kind == "interrupt":
             self._hold = None
             turn = cmd.interrupt.turn_id
@@ -591,9 +601,9 @@ class EdgeSession:
         if say.turn_id == self._awaiting_reply:
             self._awaiting_reply = None
         if reply is None:
-            if self._hold is not None:
+            if self._hold is not None and not say.provisional:
                 self._hold["turns"].add(say.turn_id)
-            reply = self.replies[say.turn_id] = ReplyAudio(say.turn_id)
+            reply = self.replies[say.turn_id] = ReplyAudio(say.turn_id, provisional=say.provisional)
             reply.task = spawn(self._synthesize(reply), self._tasks, f"tts-{say.turn_id}")
             # Forget finished replies so a long session does not grow.
             for old in [t for t, r in self.replies.items() if r.done_sent]:
@@ -601,7 +611,30 @@ class EdgeSession:
                 self._ended_turns.append(old)
         reply.clauses[say.clause_id] = say.text
         reply.requests.put_nowait(tts_pb2.Clause(clause_id=say.clause_id, text=say.text))
-        self.send_client({"type": "agent_say", "turn_id": say.turn_id, "clause_id": say.clause_id, "text": say.text})
+        if not reply.provisional:
+            self.send_client({"type": "agent_say", "turn_id": say.turn_id, "clause_id": say.clause_id, "text": say.text})
+
+    def _commit_provisional(self, turn_id: str) -> None:
+        reply = self.replies.get(turn_id)
+        if reply is None or not reply.provisional:
+            return
+        reply.provisional = False
+        if self._hold is not None:
+            self._hold["turns"].add(turn_id)
+        for cid in sorted(reply.clauses):
+            self.send_client({"type": "agent_say", "turn_id": turn_id, "clause_id": cid, "text": reply.clauses[cid]})
+        held, reply.held = reply.held, []
+        for seg in held:
+            self.playout.enqueue(seg)
+
+    def _discard_provisional(self, turn_id: str) -> None:
+        reply = self.replies.get(turn_id)
+        if reply is None or not reply.provisional:
+            return
+        del self.replies[turn_id]
+        _cancel_call(reply.call)
+        if reply.task:
+            reply.task.cancel()
 
     async def _synthesize(self, reply: ReplyAudio) -> None:
         async def requests():
@@ -626,9 +659,11 @@ class EdgeSession:
                     # An empty clause (or its closing marker): account for it as played.
                     self._on_progress(reply.turn_id, chunk.clause_id, len(text), 0, True)
                     continue
-                self.playout.enqueue(
-                    Segment(reply.turn_id, chunk.clause_id, pcm, (chunk.span.start, chunk.span.end), words, text, chunk.clause_done)
-                )
+                seg = Segment(reply.turn_id, chunk.clause_id, pcm, (chunk.span.start, chunk.span.end), words, text, chunk.clause_done)
+                if reply.provisional:
+                    reply.held.append(seg)
+                else:
+                    self.playout.enqueue(seg)
         except grpc.aio.AioRpcError as exc:
             if exc.code() != grpc.StatusCode.CANCELLED:
                 metric("voxmesh_errors_total").labels(where="edge_tts").inc()

@@ -107,6 +107,7 @@ class Speculation:
     routed: asyncio.Event = field(default_factory=asyncio.Event)  # tool_notes are final
     done: bool = False
     adopted: bool = False
+    provisional: str | None = None  # the first clause, sent ahead to be synthesized
     error: Exception | None = None
     task: asyncio.Task | None = None
 
@@ -427,12 +428,16 @@ class Conversation:
         reply.task = self._spawn_reply(self._generate(reply, text, spec), f"reply-{reply.turn_id}")
 
     async def _prompt(self, user_turn: str, tool_notes: list[tuple[Tool, ToolCall, str]], history: list[dict] | None = None) -> list[dict]:
-        """System prompt and tool demonstrations first, always the same, so the
-        llm replica reuses their KV cache on every turn; then the history up to
-        this turn; then what the tools found."""
+        """The system prompt; a worked demonstration of each tool whose result
+        is in this turn's context (only then: a small model repeats a
+        demonstration's order as if it were the caller's); the history up to
+        this turn; what the tools found. The system prompt (and, for tool
+        turns, the demonstration) is the same every time, so the llm replica
+        restores its KV state instead of evaluating it again."""
         msgs: list[dict] = [{"role": "system", "content": self.agent.instructions}]
+        used = {tool.name for tool, _call, _note in tool_notes}
         for tool in self.tools:
-            if tool.demonstration:
+            if tool.demonstration and tool.name in used:
                 said, args, answer = tool.demonstration
                 demo_call = ToolCall(tool.name, args)
                 demo_note = describe_result(demo_call, await tool.handler(**args))
@@ -565,6 +570,9 @@ class Conversation:
         else:
             await self.store.begin_reply(self.sid, reply.turn_id, epoch=self.epoch)
         if spec is not None:
+            if spec.provisional is not None:
+                # Its first clause is synthesized already: play it now.
+                await self.send(opb.AgentCommand(reply_committed=opb.ReplyCommitted(turn_id=reply.turn_id)))
             await spec.routed.wait()
             if spec.error is not None and not spec.pieces:
                 spec = None  # the speculation failed early: do the work now
@@ -664,10 +672,19 @@ class Conversation:
             if any(note == CONFIRM for _t, _c, note in spec.tool_notes):
                 return  # the committed turn asks first; nothing to generate
             prompt = await self._prompt(f"u{spec.utterance_id}", spec.tool_notes, history + [{"role": "user", "content": spec.text}])
+            chunker = ClauseChunker()
             async with contextlib.aclosing(self._llm_stream(prompt, turn_id)) as pieces:
                 async for piece in pieces:
                     spec.pieces.append(piece)
                     spec.changed.set()
+                    if spec.provisional is None and not spec.adopted:
+                        clauses = chunker.push(piece)
+                        if clauses:
+                            # The first clause goes to the edge to be synthesized
+                            # now and played only if this reply is adopted.
+                            spec.provisional = clauses[0]
+                            await self.send(opb.AgentCommand(say=opb.Say(
+                                turn_id=turn_id, clause_id=0, text=clauses[0], provisional=True)))
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -683,6 +700,9 @@ class Conversation:
             metric("voxmesh_speculative_replies_total").labels(outcome="discarded").inc()
             if spec.task is not None:
                 spec.task.cancel()
+            if spec.provisional is not None:
+                discard = opb.AgentCommand(reply_discarded=opb.ReplyDiscarded(turn_id=f"a{spec.utterance_id}"))
+                spawn(self.send(discard), self._tasks, "discard-provisional")
 
     def _take_speculation(self, utterance_id: int, text: str) -> "Speculation | None":
         spec = self._spec
