@@ -235,7 +235,7 @@ async def run_policy(policy: str, utts: list[Utterance], concurrency: int, smart
 
 
 def summarize(policy, results: list[Result], cpu, audio_s, wall, concurrency, decodes) -> dict:
-    wers, first_interim, final_lat, eou_lat, eou_audio, final_after_eot = [], [], [], [], [], []
+    wers, first_interim, final_lat, eou_lat, eou_audio, final_after_eot, eou_clean = [], [], [], [], [], [], []
     cut = {"clean": 0, "pauses": 0}
     n = {"clean": 0, "pauses": 0}
     late = 0
@@ -262,6 +262,8 @@ def summarize(policy, results: list[Result], cpu, audio_s, wall, concurrency, de
             reason, _, wall_eot, off = r.eots[-1]
             late += reason == "max_wait"
             eou_lat.append(wall_eot - u.end_s)
+            if u.kind == "clean":
+                eou_clean.append(wall_eot - u.end_s)
             eou_audio.append(off / 1000 - u.end_s)
             final_lat.append(r.final_walls[-1] - u.end_s)
             final_after_eot.append(r.final_walls[-1] - off / 1000)
@@ -278,6 +280,9 @@ def summarize(policy, results: list[Result], cpu, audio_s, wall, concurrency, de
         "final_p95": pct(final_lat, 95),
         "eou_p50": pct(eou_lat, 50),
         "eou_p95": pct(eou_lat, 95),
+        "eou_mean": float(np.mean(eou_lat)) if eou_lat else float("nan"),
+        "eou_clean_p50": pct(eou_clean, 50),
+        "eou_clean_p90": pct(eou_clean, 90),
         "eou_audio_p50": pct(eou_audio, 50),
         "final_after_eot_p50": pct(final_after_eot, 50),
         "final_after_eot_p95": pct(final_after_eot, 95),
@@ -301,7 +306,8 @@ def report(s: dict, verbose: bool = False) -> None:
     print(f"WER                        {s['wer']:.3f}  (clean {s['wer_clean']:.3f}, pauses {s['wer_pauses']:.3f})")
     print(f"onset -> first interim ms  p50 {ms(s['first_interim_p50'])}  p95 {ms(s['first_interim_p95'])}")
     print(f"end of speech -> Final ms  p50 {ms(s['final_p50'])}  p95 {ms(s['final_p95'])}")
-    print(f"end of speech -> EOT ms    p50 {ms(s['eou_p50'])}  p95 {ms(s['eou_p95'])}  (audio clock p50 {ms(s['eou_audio_p50'])})")
+    print(f"end of speech -> EOT ms    p50 {ms(s['eou_p50'])}  p95 {ms(s['eou_p95'])}  mean {ms(s['eou_mean'])}  (audio clock p50 {ms(s['eou_audio_p50'])})")
+    print(f"  clean set only           p50 {ms(s['eou_clean_p50'])}  p90 {ms(s['eou_clean_p90'])}")
     print(f"Final after EOT point ms   p50 {ms(s['final_after_eot_p50'])}  p95 {ms(s['final_after_eot_p95'])}")
     print(f"false cut-offs             pauses {s['false_cutoff_pauses']:.1%}  clean {s['false_cutoff_clean']:.1%}")
     print(f"held to max wait           {s['late_rate']:.1%}")

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from support import config, transcribe
 
-from voxmesh.testing.speech import read_pcm16, say_to_wav, word_error_rate
+from voxmesh.testing.speech import normalize_words, read_pcm16, say_to_wav, word_error_rate
 from voxmesh.v1 import stt_pb2, stt_pb2_grpc
 
 SR = 16000
@@ -120,7 +120,7 @@ async def test_pauses_between_digits_do_not_end_the_turn(stt_server, speech_dir)
     finals = run.of("final")
     assert len(finals) == 1, [f.text for f in finals]
     assert len(run.of("speech_started")) >= 3  # one per spoken group, same turn
-    digits = [w for w in word_error_rate.__globals__["normalize_words"](finals[0].text) if w.isdigit()]
+    digits = [w for w in normalize_words(finals[0].text) if w.isdigit()]
     print(f"\ndigits turn: {finals[0].text!r} -> {digits}; eot {run.of('end_of_turn')[0].reason}")
     assert digits[-2:] == ["1", "9"]
 
