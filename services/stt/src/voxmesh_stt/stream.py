@@ -193,7 +193,6 @@ class _Turn:
     interim_task: asyncio.Task | None = None
     interim_audio_end: int = 0
     next_interim_wall: float = 0.0
-    decode_seconds: float = 0.0
     closing: bool = False
     pauses: list[int] = field(default_factory=list)  # sample index of each speech end
     window_probs: list[float] = field(default_factory=list)  # VAD probability per window, last few s
@@ -583,7 +582,6 @@ class TurnStream:
         now = self._clock()
         share = max(0.05, min(1.0, self.cfg.interim_cpu_share))
         t.next_interim_wall = now + result.seconds * (1.0 / share - 1.0)
-        t.decode_seconds += result.seconds
         if t.closing or self._turn is not t or self._closed or t.stable != prefix:
             return  # the turn moved on while this decoded
         text = result.text.strip()
@@ -625,7 +623,6 @@ class TurnStream:
         try:
             result = await self._decode(audio, t.stable, "final")
             text = result.text.strip()
-            t.decode_seconds += result.seconds
         except asyncio.CancelledError:
             raise
         except Exception:
