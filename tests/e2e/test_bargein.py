@@ -21,10 +21,12 @@ def test_barge_in_silences_the_agent_and_cuts_history(stack):
     assert cut, history
     for m in cut:
         heard, generated = m["content"], m.get("generated", "")
-        # what was heard is a strict prefix of what was generated (cut at a word)
-        assert generated.startswith(heard) and len(heard) < len(generated)
+        # what was heard is a prefix of what was generated (cut at a word); a
+        # reply interrupted before it produced anything has neither
+        assert generated.startswith(heard) and (len(heard) < len(generated) or not generated)
+    assert any(m["content"] for m in cut), "the first reply was cut after some of it was heard"
     # the barge-in became the next user turn, and every user turn has one answer
     users = [m for m in history if m["role"] == "user"]
-    assert any("else" in u["content"].lower() for u in users)
+    assert len(users) >= 2 and users[-1]["ts"] > cut[0]["ts"] - 5, history
     replies = [m["turn_id"] for m in history if m["role"] == "assistant"]
     assert len(replies) == len(set(replies)) == len(users)

@@ -435,9 +435,15 @@ class Conversation:
         turns, the demonstration) is the same every time, so the llm replica
         restores its KV state instead of evaluating it again."""
         msgs: list[dict] = [{"role": "system", "content": self.agent.instructions}]
+        if history is None:
+            history = await self.store.history(self.sid)
+        # Demonstrations from the second turn on, or with a tool result: a
+        # first reply to an unrelated question must not borrow the example's
+        # order, and later turns answer better with the worked example in view.
         used = {tool.name for tool, _call, _note in tool_notes}
+        demonstrate = bool(used) or any(m.get("role") == "assistant" for m in history)
         for tool in self.tools:
-            if tool.demonstration and tool.name in used:
+            if tool.demonstration and (tool.name in used or demonstrate):
                 said, args, answer = tool.demonstration
                 demo_call = ToolCall(tool.name, args)
                 demo_note = describe_result(demo_call, await tool.handler(**args))
@@ -447,7 +453,7 @@ class Conversation:
                     {"role": "assistant", "content": answer},
                 ]
         turns: list[dict] = []
-        for m in history if history is not None else await self.store.history(self.sid):
+        for m in history:
             if m.get("role") in ("user", "assistant") and m.get("content"):
                 turns.append({"role": m["role"], "content": m["content"]})
             if m.get("turn_id") == user_turn:
