@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from voxmesh.v1 import orchestrator_pb2 as opb
-from voxmesh.v1 import orchestrator_pb2_grpc, stt_pb2, stt_pb2_grpc, tts_pb2, tts_pb2_grpc
+from voxmesh.v1 import orchestrator_pb2_grpc, stt_pb2_grpc, tts_pb2, tts_pb2_grpc
 
 STT_RATE = 16000
 TTS_RATE = 22050

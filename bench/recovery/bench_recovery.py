@@ -37,7 +37,6 @@ import asyncio
 import json
 import os
 import pathlib
-import statistics
 import sys
 import tempfile
 import time

@@ -10,7 +10,6 @@ list is kept honest."""
 
 from __future__ import annotations
 
-import pathlib
 import re
 import urllib.request
 

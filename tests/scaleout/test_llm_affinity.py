@@ -6,7 +6,6 @@ one (the next in its ring order) and stay there."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import signal

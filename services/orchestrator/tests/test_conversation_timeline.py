@@ -52,7 +52,6 @@ async def test_committed_turn_is_answered_in_clauses_and_stored():
 async def test_interrupt_650ms_into_reply_keeps_exactly_the_heard_prefix():
     conv, store, llm, edge = await setup()
     await user_says(conv, 1, "Hello there")
-    loop = asyncio.get_running_loop()
     # wait until the first audio starts, then 650 ms more
     while not any(c.WhichOneof("command") == "say" for c in edge.commands):
         await asyncio.sleep(0.01)

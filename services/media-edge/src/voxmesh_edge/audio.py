@@ -39,13 +39,6 @@ def frame_to_mono(frame) -> np.ndarray:
     return mono
 
 
-def rms_dbfs(pcm: np.ndarray) -> float:
-    if pcm.size == 0:
-        return -120.0
-    rms = float(np.sqrt(np.mean(pcm.astype(np.float32) ** 2)))
-    return 20 * np.log10(max(rms, 1e-3) / 32768)
-
-
 def fade(pcm: np.ndarray, out: bool) -> np.ndarray:
     ramp = np.linspace(1.0, 0.0, pcm.size, dtype=np.float32) if out else np.linspace(0.0, 1.0, pcm.size, dtype=np.float32)
     return (pcm.astype(np.float32) * ramp).astype(np.int16)

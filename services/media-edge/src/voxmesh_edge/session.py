@@ -424,9 +424,11 @@ class EdgeSession:
         """An onset while agent audio is going out that correlates with it."""
         if not self._reply_active() or not self.echo.recently_audible():
             return False
-        start = onset_ms * STT_RATE // 1000 - self._turn_audio_start
-        mic = np.frombuffer(bytes(self._turn_audio), dtype="<i2")[max(0, start) :]
-        return self.echo.is_echo(mic[-STT_RATE // 2 :])
+        # At most the last 0.5 s since the onset: slice before copying (the
+        # kept turn audio can be a minute long).
+        start = 2 * max(0, onset_ms * STT_RATE // 1000 - self._turn_audio_start)
+        start = max(start, len(self._turn_audio) - STT_RATE)  # 0.5 s of int16
+        return self.echo.is_echo(np.frombuffer(bytes(self._turn_audio[start:]), dtype="<i2"))
 
     def _echo_text(self, text: str) -> bool:
         """Second check on the words: an echo's transcript is the agent's own."""

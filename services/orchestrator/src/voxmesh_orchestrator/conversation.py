@@ -428,12 +428,10 @@ class Conversation:
         reply.task = self._spawn_reply(self._generate(reply, text, spec), f"reply-{reply.turn_id}")
 
     async def _prompt(self, user_turn: str, tool_notes: list[tuple[Tool, ToolCall, str]], history: list[dict] | None = None) -> list[dict]:
-        """The system prompt; a worked demonstration of each tool whose result
-        is in this turn's context (only then: a small model repeats a
-        demonstration's order as if it were the caller's); the history up to
-        this turn; what the tools found. The system prompt (and, for tool
-        turns, the demonstration) is the same every time, so the llm replica
-        restores its KV state instead of evaluating it again."""
+        """The system prompt; the tools' worked demonstrations (see below);
+        the history up to this turn; what the tools found. The leading part
+        is the same from turn to turn, so the llm replica restores its KV
+        state instead of evaluating it again."""
         msgs: list[dict] = [{"role": "system", "content": self.agent.instructions}]
         if history is None:
             history = await self.store.history(self.sid)
@@ -601,7 +599,7 @@ class Conversation:
         else:
             pieces_override = None
         if spec is None and pieces_override is None:
-            prompt = await self._prompt(reply.user_turn_id, tool_notes)
+            prompt = await self._prompt(reply.user_turn_id, tool_notes, history)
         chunker = ClauseChunker()
         next_id = 0
 

@@ -7,7 +7,6 @@ ring order takes over.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncIterator
 

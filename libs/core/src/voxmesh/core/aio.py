@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import logging
 from collections.abc import Coroutine
@@ -34,8 +33,3 @@ async def cancel_all(tasks: set[asyncio.Task] | list[asyncio.Task]) -> None:
     for t in pending:
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await t
-
-
-def single_thread_executor(name: str) -> concurrent.futures.ThreadPoolExecutor:
-    """Model inference runs here, one call at a time, off the event loop."""
-    return concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
