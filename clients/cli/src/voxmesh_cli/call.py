@@ -366,7 +366,11 @@ async def call(
         next_at: float | None = None
 
         def replies_done() -> int:
-            return len({e.get("turn_id") for e in events if e["type"] in ("reply_done", "interrupted")})
+            """Replies over, counted only when every committed user turn has
+            one (a pause can split what was said into more turns than files)."""
+            done = {e.get("turn_id") for e in events if e["type"] in ("reply_done", "interrupted")}
+            asked = {"a" + e["turn_id"][1:] for e in events if e["type"] == "user_turn"}
+            return len(done) if asked <= done else 0
 
         def lost(c: Connection) -> str:
             if c.moved:
