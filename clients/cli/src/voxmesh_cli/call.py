@@ -370,7 +370,11 @@ async def call(
             one (a pause can split what was said into more turns than files)."""
             done = {e.get("turn_id") for e in events if e["type"] in ("reply_done", "interrupted")}
             asked = {"a" + e["turn_id"][1:] for e in events if e["type"] == "user_turn"}
-            return len(done) if asked <= done else 0
+            # The last thing said must have reached its end of turn (its Final),
+            # and its commit a moment to arrive, before the count means anything.
+            finals = [e["t"] for e in events if e["type"] == "final"]
+            settled = bool(utterances) and bool(finals) and finals[-1] > utterances[-1][1] and time.monotonic() - finals[-1] > 0.5
+            return len(done) if settled and asked <= done else 0
 
         def lost(c: Connection) -> str:
             if c.moved:
