@@ -40,6 +40,7 @@ import fractions
 import logging
 import time
 import weakref
+from collections.abc import Callable
 
 import av
 import numpy as np
@@ -317,9 +318,14 @@ class InlineDecoder:
     Why chunks: every hand-on costs the session a task wake-up, its per-frame
     bookkeeping and one gRPC message to stt, whatever its length; 40 ms chunks
     halve that for 10 ms more delay on average (stt's VAD works on 32 ms
-    windows anyway)."""
+    windows anyway).
 
-    def __init__(self, output: asyncio.Queue, rate: int = STT_RATE, chunk_frames: int = 1) -> None:
+    `tap`, when set, sees every decoded packet's PCM at once, before chunking:
+    the session's barge-in onset detector (voxmesh_edge.onset) runs there, so
+    the chunk size adds nothing to the time the agent takes to stop."""
+
+    def __init__(self, output: asyncio.Queue, rate: int = STT_RATE, chunk_frames: int = 1,
+                 tap: Callable[[np.ndarray], None] | None = None) -> None:
         self._out = output
         self._rate = rate
         self._tb = fractions.Fraction(1, rate)
@@ -330,6 +336,7 @@ class InlineDecoder:
         self._chunk = max(1, chunk_frames) * rate // 50
         self._pending: list[np.ndarray] = []
         self._pending_n = 0
+        self.tap = tap
 
     def put(self, item) -> None:
         if item is None:
@@ -354,6 +361,8 @@ class InlineDecoder:
                 except opus.OpusError as exc:
                     log.debug("opus decode failed: %s", exc)
                     continue
+                if self.tap is not None:
+                    self.tap(pcm)
                 self._pending.append(pcm)
                 self._pending_n += pcm.size
                 if self._pending_n >= self._chunk:
@@ -397,6 +406,7 @@ class FastReceiver(RTCRtpReceiver):
 
     reorder_frames = 2
     chunk_frames = 1
+    tap: Callable[[np.ndarray], None] | None = None
 
     async def receive(self, parameters) -> None:
         if getattr(self, _P + "started") or getattr(self, _P + "kind") != "audio":
@@ -409,7 +419,7 @@ class FastReceiver(RTCRtpReceiver):
             if encoding.rtx:
                 rtx[encoding.rtx.ssrc] = encoding.ssrc
         setattr(self, _P + "jitter_buffer", ReorderBuffer(self.reorder_frames))
-        setattr(self, _P + "decoder_queue", InlineDecoder(self._track._queue, chunk_frames=self.chunk_frames))
+        setattr(self, _P + "decoder_queue", InlineDecoder(self._track._queue, chunk_frames=self.chunk_frames, tap=self.tap))
         setattr(self, _P + "decoder_thread", _NoThread())
         getattr(self, _P + "transport")._register_rtp_receiver(self, parameters)
         setattr(self, _P + "rtcp_task", asyncio.ensure_future(self._run_rtcp()))
@@ -424,9 +434,11 @@ def _receiver_supported(receiver: RTCRtpReceiver) -> bool:
 _warned = False
 
 
-def accelerate(transceiver, track: PacedOpusTrack, reorder_frames: int = 2, chunk_ms: int = 20) -> dict[str, bool]:
+def accelerate(transceiver, track: PacedOpusTrack, reorder_frames: int = 2, chunk_ms: int = 20,
+               tap: Callable[[np.ndarray], None] | None = None) -> dict[str, bool]:
     """Put one session's audio transceiver on the fast path, after the remote
-    offer is applied and before the transport starts. Returns what it did."""
+    offer is applied and before the transport starts. Returns what it did
+    ("receiver": inbound audio is decoded here, and `tap` sees every packet)."""
     global _warned
     did = {"receiver": False, "encoder": False}
     receiver = transceiver.receiver
@@ -434,6 +446,7 @@ def accelerate(transceiver, track: PacedOpusTrack, reorder_frames: int = 2, chun
         receiver.__class__ = FastReceiver  # same layout: only receive() differs
         receiver.reorder_frames = reorder_frames
         receiver.chunk_frames = max(1, chunk_ms // 20)
+        receiver.tap = tap
         did["receiver"] = True
     elif not _warned:
         _warned = True

@@ -37,6 +37,7 @@ from voxmesh_edge.audio import STT_RATE, WEBRTC_RATE, Resampler, frame_to_mono
 from voxmesh_edge import resume
 from voxmesh_edge.echo import EchoGuard
 from voxmesh_edge.media import PacedOpusTrack, accelerate, request_ptime
+from voxmesh_edge.onset import OnsetDetector, OnsetOptions
 from voxmesh_edge.playout import Playout, PlayoutTrack, Segment
 from voxmesh_edge.settings import EdgeSettings
 from voxmesh_edge.upstreams import Upstreams
@@ -96,6 +97,14 @@ class EdgeSession:
         self.echo = EchoGuard()
         self.playout.on_output = self.echo.played
         self._echo_utterances: set[int] = set()
+        # Barge-in onset at the edge (voxmesh_edge.onset), fed while agent audio
+        # is going out; a pause it makes waits for stt's SpeechStarted (timer).
+        self.onset = OnsetDetector(self.echo, OnsetOptions(min_active_ms=settings.local_onset_min_ms,
+                                                           threshold_dbfs=settings.local_onset_dbfs)) \
+            if settings.local_onset else None
+        self._onset_fed = False       # the detector saw the previous inbound frame
+        self._onset_in_read = True    # no fast receiver tap: feed it from _read_track
+        self._local_pause: asyncio.TimerHandle | None = None
         # The fast media path (voxmesh_edge.media): inline Opus, one shared clock.
         self.track = (PacedOpusTrack(self.playout, settings.opus_bitrate, settings.opus_complexity, settings.opus_application,
                                      settings.playout_ptime_ms)
@@ -168,7 +177,11 @@ class EdgeSession:
             raise SessionError("the offer has no audio m-line")
         audio[0].sender.replaceTrack(self.track)
         if self.settings.fast_media:
-            accelerate(audio[0], self.track, self.settings.reorder_frames, self.settings.inbound_chunk_ms)
+            did = accelerate(audio[0], self.track, self.settings.reorder_frames, self.settings.inbound_chunk_ms,
+                             tap=self._listen_for_bargein if self.onset is not None else None)
+            # The fast receiver hands every packet to the detector as it is
+            # decoded, before the 40 ms chunking.
+            self._onset_in_read = not did["receiver"]
         audio[0].direction = "sendrecv"
         answer = await self.pc.createAnswer()
         await self.pc.setLocalDescription(answer)
@@ -192,6 +205,7 @@ class EdgeSession:
         if self.closed.is_set():
             return
         self.closed.set()
+        self._cancel_local_pause()
         self.inbound.put_nowait(None)
         for reply in self.replies.values():
             _cancel_call(reply.call)
@@ -239,6 +253,8 @@ class EdgeSession:
             pcm = resample(frame_to_mono(frame))
             if pcm.size == 0:
                 continue
+            if self._onset_in_read and self.onset is not None:
+                self._listen_for_bargein(pcm)
             data = pcm.tobytes()
             self._samples_in += pcm.size
             self._last_frame_wall = time.monotonic()
@@ -372,6 +388,11 @@ class EdgeSession:
         inner.utterance_id = self._edge_utterance(inner.utterance_id, utt_map)
         utt = inner.utterance_id
         if kind == "speech_started" and self._is_echo_onset(inner.audio_offset_ms):
+            if self._cancel_local_pause():
+                # The edge's onset was this echo after all (stt's check sees
+                # up to 0.5 s of it, the edge's 0.1 s): play on.
+                self._bargein_t0 = None
+                self.playout.resume()
             self._echo_utterances.add(utt)
             metric("voxmesh_interruptions_total").labels(kind="echo").inc()
             self.send_client({"type": "echo_ignored"})
@@ -455,12 +476,69 @@ class EdgeSession:
             self.playout.pause()
             return
         self._hold = None
-        self._bargein_t0 = self._wall_at(onset_ms)
-        paused = self.playout.pause()
+        if self._cancel_local_pause():
+            # The edge paused already at its own onset (_on_local_onset): that
+            # is the pause the orchestrator now decides on.
+            paused = True
+        else:
+            self._bargein_t0 = self._wall_at(onset_ms)
+            paused = self.playout.pause()
         turn = self.playout.active_turn or next((t for t, r in self.replies.items() if not r.all_played()), "")
         self.to_orchestrator.put_nowait(opb.EdgeEvent(paused=opb.PlayoutPaused(turn_id=turn, audio_offset_ms=onset_ms)))
         if not paused:
             self._bargein_t0 = None
+
+    def _listen_for_bargein(self, pcm: np.ndarray) -> None:
+        """Every inbound frame (16 kHz) as it is decoded. Only while agent audio
+        is going out does it cost more than this check: idle sessions, and
+        sessions already paused, are not analysed (edge capacity)."""
+        if not self.playout.is_audible():
+            if self._onset_fed:
+                self._onset_fed = False
+                self.onset.reset()
+            return
+        self._onset_fed = True
+        try:
+            onset = self.onset.feed(pcm)
+        except Exception:  # never let the detector break the caller's audio path
+            log.exception("barge-in onset detector failed; stt's onset only from now on")
+            self.onset = None
+            self._onset_in_read = False
+            return
+        if onset is not None:
+            self._on_local_onset((self.onset.samples - onset) / STT_RATE)
+
+    def _on_local_onset(self, ago_s: float) -> None:
+        """Barge-in as heard by the edge: pause now; stt's SpeechStarted
+        (normally 60-150 ms later) makes it a barge-in for the orchestrator,
+        and without one the playout resumes after local_onset_confirm_ms."""
+        if self._local_pause is not None or self._turn_open is not None or not self._reply_active():
+            # With a user turn open, stt's onset came already: the orchestrator
+            # has decided on it (this is more of the same turn).
+            return
+        self._bargein_t0 = time.monotonic() - ago_s
+        if not self.playout.pause():
+            self._bargein_t0 = None
+            return
+        self.stats["local_pauses"] += 1
+        self._local_pause = asyncio.get_running_loop().call_later(
+            self.settings.local_onset_confirm_ms / 1000, self._local_pause_expired)
+
+    def _local_pause_expired(self) -> None:
+        """No SpeechStarted for a local pause: a cough or knock stt's VAD did
+        not take for speech. Play on from where it stopped."""
+        self._local_pause = None
+        self._bargein_t0 = None
+        metric("voxmesh_interruptions_total").labels(kind="edge_false").inc()
+        self.playout.resume()
+
+    def _cancel_local_pause(self) -> bool:
+        """The local pause is settled elsewhere (stt, the orchestrator)."""
+        if self._local_pause is None:
+            return False
+        self._local_pause.cancel()
+        self._local_pause = None
+        return True
 
     def _end_hold(self) -> None:
         """The user's turn ended while we held an idle playout: if no reply
@@ -571,6 +649,7 @@ class EdgeSession:
             self._discard_provisional(cmd.reply_discarded.turn_id)
         elif kind == "interrupt":
             self._hold = None
+            self._cancel_local_pause()
             turn = cmd.interrupt.turn_id
             self._ended_turns.append(turn)
             self.playout.flush(turn)
@@ -582,6 +661,7 @@ class EdgeSession:
             self.send_client({"type": "interrupted", "turn_id": turn})
         elif kind == "resume":
             self._hold = None
+            self._cancel_local_pause()
             self.playout.resume()
             self.send_client({"type": "resumed", "turn_id": cmd.resume.turn_id})
         elif kind == "user_turn":

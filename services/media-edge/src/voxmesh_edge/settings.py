@@ -34,6 +34,20 @@ class EdgeSettings:
     playback_report_ms: int = 100
     # Fade applied when playout pauses, resumes or is flushed (no clicks).
     fade_ms: int = 8
+    # Barge-in onset at the edge (voxmesh_edge.onset): while agent audio is
+    # going out, sustained speech-level energy in the caller's audio that is not
+    # the agent's own echo pauses the playout at once, without waiting for
+    # stt's SpeechStarted (which still opens the turn and drives the
+    # orchestrator's confirm/resume). False = only stt's onset pauses.
+    local_onset: bool = True
+    # Energy needed: above this level (and 12 dB over the noise floor) ...
+    local_onset_dbfs: float = -42.0
+    # ... for this long (clicks and knocks are shorter).
+    local_onset_min_ms: int = 30
+    # A local pause that stt does not confirm with a SpeechStarted (of speech
+    # that is not echo) within this time resumes where it stopped. stt reports
+    # an onset ~60-150 ms after it, more when it is loaded.
+    local_onset_confirm_ms: int = 600
 
     # ---- session routing (docs/capacity.md, "Session routing") ----
     # This edge's member name: the StatefulSet pod name in a cluster. The ring
