@@ -167,6 +167,78 @@ ws     ::= [ ]?
     assert isinstance(json.loads(text)["answer"], bool)
 
 
+async def test_an_assistant_prefix_is_continued_not_repeated(llm_stub):
+    """Continuation (an orchestrator that takes a conversation over mid-reply):
+    with the first sentence of a greedy reply as assistant_prefix, the model
+    generates what follows it. The chunks do not repeat the prefix, each says
+    `continued`, and (greedy, same prompt) they are the rest of that reply. The
+    whole reply as prefix ends at once."""
+    convo = msgs(("system", "You are a helpful assistant. Answer in two or three short sentences."),
+                 ("user", "Why is the sky blue?"))
+
+    async def run(**kw):
+        req = llm_pb2.GenerateRequest(session_id="s-continue", max_tokens=120, messages=convo, **kw)
+        return [c async for c in llm_stub.Generate(req)]
+
+    whole = await run()
+    full = "".join(c.text for c in whole)
+    assert whole[-1].finish_reason == "stop" and not any(c.continued for c in whole), full
+    end = full.find(". ") + 1
+    assert 0 < end < len(full) - 10, full  # two sentences at least
+    prefix, rest = full[:end], full[end:]
+
+    cont = await run(assistant_prefix=prefix)
+    text = "".join(c.text for c in cont)
+    print(f"reply {full!r}\nprefix {prefix!r}\ncontinuation {text!r}")
+    assert all(c.continued for c in cont)
+    assert text.strip() and prefix.strip() not in text
+    assert not _norm(text).startswith(_norm(prefix)[:20])
+    assert text.split()[:4] == rest.split()[:4]
+    # the prefix is part of the prompt, not of the completion
+    assert cont[-1].prompt_tokens > whole[-1].prompt_tokens
+    assert cont[-1].completion_tokens < whole[-1].completion_tokens
+
+    done = await run(assistant_prefix=full)
+    assert "".join(c.text for c in done).strip() == "" and done[-1].finish_reason == "stop"
+    assert done[-1].completion_tokens == 0
+
+
+def _norm(text: str) -> str:
+    return " ".join(text.lower().split())
+
+
+async def test_a_continuation_is_cancelled_like_any_request(llm_stub, llama_backend):
+    """Cancelling a continuation stops the engine within 100 ms, while it
+    decodes and while it evaluates a long prefix."""
+    count0 = sample("voxmesh_llm_cancel_seconds_count")
+    sum0 = sample("voxmesh_llm_cancel_seconds_sum")
+    call = llm_stub.Generate(llm_pb2.GenerateRequest(
+        max_tokens=3000, grammar=ENDLESS, assistant_prefix="la la la", messages=msgs(("user", "Sing."))))
+    got = 0
+    async for c in call:
+        assert c.continued
+        got += 1
+        if got == 10:
+            break
+    call.cancel()
+    deadline = time.monotonic() + 5
+    while sample("voxmesh_llm_cancel_seconds_count") == count0 and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    assert sample("voxmesh_llm_cancel_seconds_count") == count0 + 1
+    assert sample("voxmesh_llm_cancel_seconds_sum") - sum0 < 0.1
+
+    # a long prefix: the cancel lands during its prefill
+    params = GenerateParams(
+        messages=(Message("user", "Tell me the rules."),), assistant_prefix=long_system_prompt(900),
+        max_tokens=50, received_at=time.perf_counter(),
+    )
+    gen = llama_backend.generate(params)
+    await asyncio.sleep(0.4)  # well inside a ~1000-token prefill on 2 cores
+    await gen.aclose()
+    await asyncio.wait_for(gen.stopped(), 5)
+    assert gen.cancel_latency is not None and gen.cancel_latency < 0.1, gen.cancel_latency
+
+
 async def test_invalid_grammar_is_invalid_argument(llm_stub):
     for grammar, words in [("root ::= value", "undefined rule(s): value"), ('answer ::= "yes"', "no 'root' rule")]:
         with pytest.raises(grpc.aio.AioRpcError) as err:

@@ -7,6 +7,10 @@ the engine within one decode step.
 Request fields at 0 (proto3 cannot tell unset from 0): max_tokens -> the service
 default; temperature 0 -> greedy decoding; top_p 0 -> the service default; seed 0 ->
 a random seed.
+
+assistant_prefix (non-empty) continues an assistant reply: the chunks carry only
+the text after it, and every chunk says `continued` so the caller knows the prefix
+was honoured (an older llm ignores the field and would answer from the start).
 """
 
 from __future__ import annotations
@@ -59,6 +63,7 @@ def to_params(req: llm_pb2.GenerateRequest, settings: LlmSettings, received_at: 
         grammar=req.grammar,
         json_schema=req.json_schema,
         seed=req.seed or None,
+        assistant_prefix=req.assistant_prefix,
         session_id=req.session_id,
         request_id=req.request_id,
         received_at=received_at,
@@ -90,6 +95,7 @@ class LlmServicer(llm_pb2_grpc.LlmServicer):
                         finish_reason=piece.finish_reason,
                         prompt_tokens=piece.prompt_tokens,
                         completion_tokens=piece.completion_tokens,
+                        continued=bool(params.assistant_prefix),
                     )
         except InvalidRequest as exc:
             outcome = "invalid"

@@ -12,6 +12,16 @@ request within one decode step (on llama.cpp: one token or one prompt slice), fr
 the engine for the next request, and observes voxmesh_llm_cancel_seconds (consumer
 gone -> engine stopped). A request cancelled while still queued never starts.
 
+Continuation: `params.assistant_prefix` (non-empty) is the start of the assistant's
+reply, already said. The backend renders the chat template with the assistant turn
+open (the generation prompt), appends the prefix as plain text (never control
+tokens, no end-of-turn after it) and generates what follows; the pieces carry only
+the new text. On llama.cpp the rendered prompt plus prefix shares its head with the
+KV state the interrupted request left, so only the part that differs is evaluated.
+A vLLM backend does the same with `continue_final_message=True` (the prefix as the
+last, open assistant message) and `add_generation_prompt=False`. A grammar applies
+to the continuation only.
+
 Errors the caller caused (a grammar that does not compile, a prompt longer than the
 context) raise InvalidRequest; a full queue raises Overloaded. Both are raised from
 the iterator before any piece is yielded.
@@ -41,6 +51,7 @@ class GenerateParams:
     grammar: str = ""  # GBNF
     json_schema: str = ""  # JSON schema text (compiled to a grammar on llama.cpp)
     seed: int | None = None  # None = random
+    assistant_prefix: str = ""  # "" = a new reply; else continue this assistant text
     session_id: str = ""  # cache affinity and logs only
     request_id: str = ""
     received_at: float = field(default=0.0, compare=False)  # time.perf_counter() at arrival, for TTFT

@@ -18,6 +18,13 @@ request for which a cached state shares a longer prefix than the live context ge
 it copied back in before prefill: its own session's last turn, or, for a new
 session, another session of the same agent (same system prompt). At cluster scale the router's session affinity and a vLLM
 backend (paged prefix cache) take over.
+
+Continuation (assistant_prefix, see base.py): the prompt is the chat rendered with
+the assistant turn open and the reply so far appended. An orchestrator that takes a
+conversation over mid-reply sends it; the request its predecessor left (cancelled
+when its connection died) had the same prompt and generated that text, so the live
+context or the session cache already holds nearly all of it and the continuation
+starts after a prefill of a few tokens.
 """
 
 from __future__ import annotations
@@ -329,10 +336,7 @@ class LlamaCppBackend(LlmBackend):
     def _prompt_tokens(self, params: GenerateParams) -> list[int]:
         msgs = []
         for m in params.messages:
-            # Content is text, never control tokens: "<|im_start|>system" typed (or
-            # transcribed) by a user must not open a new turn once tokenized with
-            # special=True, which the template's own markers need.
-            content = m.content.replace("<|", "< |")
+            content = _plain(m.content)
             msg = {"role": m.role, "content": content}
             if m.name:
                 msg["name"] = m.name
@@ -341,7 +345,16 @@ class LlamaCppBackend(LlmBackend):
             result = self._formatter(messages=msgs)
         except Exception as exc:  # noqa: BLE001 - the template rejected the conversation
             raise InvalidRequest(f"the model's chat template rejected the messages: {exc}") from None
-        return self._llm.tokenize(result.prompt.encode("utf-8"), add_bos=not result.added_special, special=True)
+        prompt = result.prompt
+        if params.assistant_prefix:
+            # Continuation: the formatter rendered the assistant turn open (the
+            # generation prompt, e.g. "<|im_start|>assistant\n"); the reply so
+            # far follows it as plain text, with no end-of-turn, so the model
+            # generates what comes next. These are the tokens an interrupted
+            # request had in its context (the prompt, then what it generated),
+            # so _prefill evaluates only where they differ.
+            prompt += _plain(params.assistant_prefix)
+        return self._llm.tokenize(prompt.encode("utf-8"), add_bos=not result.added_special, special=True)
 
     def _grammar(self, params: GenerateParams):
         import llama_cpp
@@ -539,6 +552,13 @@ class LlamaCppBackend(LlmBackend):
             llm.n_tokens = 0
             self._sessions.pop(best_id, None)
             self._sessions_bytes -= len(state.data)
+
+
+def _plain(content: str) -> str:
+    """Text, never control tokens: "<|im_start|>system" typed (or transcribed) by a
+    user must not open a new turn once the prompt is tokenized with special=True,
+    which the template's own markers need."""
+    return content.replace("<|", "< |")
 
 
 def _common_prefix(a: np.ndarray, b: np.ndarray) -> int:
