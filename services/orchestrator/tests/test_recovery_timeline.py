@@ -1,7 +1,8 @@
 """A replica takes a conversation over from the store (virtual time): the
 turn in flight is answered exactly once, whatever moment the previous replica
 died at. The previous replica's death is `close()` (its tasks cancelled, its
-memory gone); the store is all the successor gets."""
+memory gone); the store is all the successor gets. One test (at least) per row
+of the table in docs/recovery.md, "Orchestrator loss"."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from doubles import EdgeDouble, InMemorySessionStoreDouble, ScriptedLlmDouble, s
 from voxmesh.v1 import orchestrator_pb2 as opb
 from voxmesh_orchestrator.agent import load_agent
 from voxmesh_orchestrator.conversation import Conversation
+from voxmesh_orchestrator.llm_client import PrefixUnsupported
 from voxmesh_orchestrator.tools import build_tools
 
 pytestmark = pytest.mark.looptime
@@ -35,6 +37,39 @@ class ResumingEdge(EdgeDouble):
             if key not in self.seen:
                 self.played_says.append((*key, cmd.say.text))
         await super().send(cmd)  # EdgeDouble ignores a clause it already has
+
+
+class ContinuingLlmDouble(ScriptedLlmDouble):
+    """The llm client's contract for `assistant_prefix`: stream only what follows
+    the prefix in the scripted reply (which must start with it), as the llm
+    service continues the assistant turn. `continues=False` is an llm replica
+    that predates the field: PrefixUnsupported before any text."""
+
+    def __init__(self, reply: str, token_s: float = 0.02, continues: bool = True) -> None:
+        super().__init__(reply, token_s)
+        self.continues = continues
+        self.pieces = 0  # pieces yielded over all calls
+
+    async def generate(self, sid, messages, **kw):
+        prefix = kw.get("assistant_prefix", "")
+        if not prefix:
+            async for piece in super().generate(sid, messages, **kw):
+                self.pieces += 1
+                yield piece
+            return
+        self.calls.append({"messages": messages, **kw})
+        await asyncio.sleep(self.token_s)  # the prefill
+        if not self.continues:
+            raise PrefixUnsupported("llm double: no assistant_prefix")
+        assert self.reply.startswith(prefix), (self.reply, prefix)
+        try:
+            for word in self.reply[len(prefix):].split(" ")[1:]:
+                await asyncio.sleep(self.token_s)
+                self.pieces += 1
+                yield " " + word
+        except (asyncio.CancelledError, GeneratorExit):
+            self.cancelled += 1
+            raise
 
 
 def new_conv(store, llm, edge, holder) -> Conversation:
@@ -60,6 +95,36 @@ async def wait_for(cond, limit: float = 30.0) -> None:
     while not cond():
         assert loop.time() < end, "timed out"
         await asyncio.sleep(0.01)
+
+
+@pytest.mark.parametrize("before_death", [
+    ["speech_started", "interim"],  # the user was speaking
+    ["speech_started", "final", "end_of_turn_lost"],  # EndOfTurn sent, never committed
+])
+async def test_a_turn_not_yet_committed_is_answered_once_from_the_edge_replay(before_death):
+    store, holder = InMemorySessionStoreDouble(), {}
+    edge = ResumingEdge(holder)
+    conv = new_conv(store, ScriptedLlmDouble(FOUR, token_s=0.3), edge, holder)
+    await conv.start(resumed=False)
+    for kind in before_death:
+        if kind == "speech_started":
+            await conv.handle(speech("speech_started", 1))
+        elif kind in ("interim", "final"):
+            await conv.handle(speech(kind, 1, text="Where is my order?"))
+        # end_of_turn_lost: the edge sent it, the replica died before reading it
+    await asyncio.sleep(0.1)
+    await conv.close()
+    assert await store.history("s1") == []
+    llm2 = ScriptedLlmDouble(FOUR, token_s=0.02)
+    conv2 = new_conv(store, llm2, edge, holder)
+    await conv2.start(resumed=True)
+    await user_says(conv2, 1, "Where is my order?")  # the edge replays the unconfirmed turn
+    await user_says(conv2, 1, "Where is my order?")  # and a second reconnect would replay it again
+    await asyncio.sleep(20)
+    assert [t for _, _, t in edge.played_says] == CLAUSES
+    hist = await store.history("s1")
+    assert [(m["role"], m["content"]) for m in hist] == [("user", "Where is my order?"), ("assistant", FOUR)]
+    assert [c.user_turn.turn_id for c in edge.commands if c.WhichOneof("command") == "user_turn"] == ["u1"]
 
 
 async def test_turn_committed_before_any_clause_is_answered_once_by_the_successor():
@@ -93,7 +158,7 @@ async def test_reply_cut_mid_generation_is_continued_not_repeated():
     await wait_for(lambda: len(says(edge)) == 2)
     await conv.close()  # two clauses said (the edge is playing them), the rest never generated
     assert not await store.is_committed("s1", "a1")
-    llm2 = ScriptedLlmDouble(FOUR, token_s=0.02)
+    llm2 = ContinuingLlmDouble(FOUR, token_s=0.02)
     conv2 = new_conv(store, llm2, edge, holder)
     await conv2.start(resumed=True)
     await asyncio.sleep(20)
@@ -102,8 +167,59 @@ async def test_reply_cut_mid_generation_is_continued_not_repeated():
     assert [(tid, cid) for tid, cid, _ in edge.played_says] == [("a1", 0), ("a1", 1), ("a1", 2), ("a1", 3)]
     hist = await store.history("s1")
     assert [(m["role"], m["content"]) for m in hist] == [("user", "Where is my order?"), ("assistant", FOUR)]
-    assert len(llm2.calls) == 1 and llm2.calls[0]["seed"]  # regenerated once, reproducibly
-    assert llm2.calls[0]["seed"] == llm.calls[0]["seed"]
+    assert sorted(store.turns["s1"]) == ["a1", "u1"]
+    # the llm continued after the recorded text (same prompt): it generated
+    # only the two missing clauses, not the reply again
+    assert len(llm2.calls) == 1 and llm2.calls[0]["assistant_prefix"] == " ".join(CLAUSES[:2])
+    assert llm2.calls[0]["messages"] == llm.calls[0]["messages"]
+    assert llm2.pieces == len(" ".join(CLAUSES[2:]).split())
+    assert conv2.reply is None and (await store.turn_state("s1"))["reply_status"] == "played"
+
+
+async def test_a_continuation_that_ends_at_once_leaves_the_recorded_clauses_as_the_reply():
+    """The predecessor died after recording the reply's last clause, before its
+    commit: the continuation is empty (end of turn at once), and the recorded
+    clauses are committed as the reply, once."""
+    store, holder = InMemorySessionStoreDouble(), {}
+    edge = ResumingEdge(holder)
+    conv = new_conv(store, ScriptedLlmDouble(FOUR, token_s=0.3), edge, holder)
+    await conv.start(resumed=False)
+    await user_says(conv, 1, "Where is my order?")
+    await wait_for(lambda: len(says(edge)) == 2)
+    await conv.close()
+    llm2 = ContinuingLlmDouble(" ".join(CLAUSES[:2]), token_s=0.02)  # nothing after the prefix
+    conv2 = new_conv(store, llm2, edge, holder)
+    await conv2.start(resumed=True)
+    await asyncio.sleep(20)
+    assert [t for _, _, t in edge.played_says] == CLAUSES[:2]
+    assert len(llm2.calls) == 1 and llm2.pieces == 0
+    hist = await store.history("s1")
+    assert [(m["role"], m["content"]) for m in hist] == [("user", "Where is my order?"), ("assistant", " ".join(CLAUSES[:2]))]
+    assert edge.kinds().count("end_of_reply") == 1
+    assert conv2.reply is None and (await store.turn_state("s1"))["reply_status"] == "played"
+
+
+async def test_an_llm_that_cannot_continue_regenerates_and_sends_only_the_later_clauses():
+    """An llm replica built before assistant_prefix: the successor regenerates the
+    reply from the start (same prompt and seed, so the same text), checks it
+    against the record and sends only the clauses after it."""
+    store, holder = InMemorySessionStoreDouble(), {}
+    edge = ResumingEdge(holder)
+    llm = ScriptedLlmDouble(FOUR, token_s=0.3)
+    conv = new_conv(store, llm, edge, holder)
+    await conv.start(resumed=False)
+    await user_says(conv, 1, "Where is my order?")
+    await wait_for(lambda: len(says(edge)) == 2)
+    await conv.close()
+    llm2 = ContinuingLlmDouble(FOUR, token_s=0.02, continues=False)
+    conv2 = new_conv(store, llm2, edge, holder)
+    await conv2.start(resumed=True)
+    await asyncio.sleep(20)
+    assert [(cid, t) for _, cid, t in edge.played_says] == list(enumerate(CLAUSES))
+    assert [c.get("assistant_prefix", "") for c in llm2.calls] == [" ".join(CLAUSES[:2]), ""]
+    assert llm2.calls[1]["seed"] == llm.calls[0]["seed"]  # regenerated reproducibly
+    hist = await store.history("s1")
+    assert [(m["role"], m["content"]) for m in hist] == [("user", "Where is my order?"), ("assistant", FOUR)]
 
 
 async def test_a_new_edge_gets_the_unplayed_clauses_of_a_finished_reply():
@@ -165,6 +281,8 @@ async def test_a_reply_heard_whole_or_interrupted_is_left_alone():
 
 
 async def test_a_regenerated_reply_that_differs_ends_at_the_recorded_clauses():
+    """Same, but the regenerated text differs from the record: the recorded
+    clauses are the reply, nothing more is said."""
     store, holder = InMemorySessionStoreDouble(), {}
     edge = ResumingEdge(holder)
     conv = new_conv(store, ScriptedLlmDouble(FOUR, token_s=0.3), edge, holder)
@@ -172,7 +290,7 @@ async def test_a_regenerated_reply_that_differs_ends_at_the_recorded_clauses():
     await user_says(conv, 1, "Where is my order?")
     await wait_for(lambda: len(says(edge)) == 2)
     await conv.close()
-    llm2 = ScriptedLlmDouble("Your order is lost. Sorry about that. We will refund you.", token_s=0.02)
+    llm2 = ContinuingLlmDouble("Your order is lost. Sorry about that. We will refund you.", token_s=0.02, continues=False)
     conv2 = new_conv(store, llm2, edge, holder)
     await conv2.start(resumed=True)
     await asyncio.sleep(20)

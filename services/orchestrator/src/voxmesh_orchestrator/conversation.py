@@ -19,9 +19,9 @@ Recovery (docs/recovery.md): any replica can take a session over from Redis.
 The reply in flight is recorded as it goes (each clause before it is sent,
 each clause's heard offset as reported), so a replica that takes over mid-reply
 finishes it exactly once: it re-sends the recorded clauses the user has not
-heard whole (the edge ignores the ones it already has), regenerates the reply
-deterministically and sends only the clauses after the recorded ones, then
-commits it. A committed user turn with no reply recorded is answered from the
+heard whole (the edge ignores the ones it already has), has the llm continue
+the reply after the recorded text and sends only the new clauses, then commits
+it. A committed user turn with no reply recorded is answered from the
 start. Speech events of a turn already committed (an edge replaying what it
 could not confirm) are ignored, so a turn is never answered twice.
 """
@@ -42,6 +42,7 @@ from voxmesh.v1 import orchestrator_pb2 as opb
 
 from voxmesh_orchestrator.agent import AgentConfig
 from voxmesh_orchestrator.clauses import ClauseChunker, speakable
+from voxmesh_orchestrator.llm_client import PrefixUnsupported
 from voxmesh_orchestrator.store import Superseded, saved_reply
 from voxmesh_orchestrator.tools import (
     Tool, ToolCall, describe_result, parse_call, routing_grammar, routing_prompt, spoken_number,
@@ -561,11 +562,18 @@ class Conversation:
         """Generate, cut into clauses, record each clause, then send it.
 
         `reply.clauses` holds the clauses recorded before a takeover (empty for
-        a new reply): they are re-sent where unplayed, and the regenerated reply
-        (same prompt, greedy or seeded by turn id, so the same text) is checked
-        against them and only its later clauses are sent. If it differs, the
-        recorded clauses are the reply: they end on a clause boundary and the
-        user may have heard them, so nothing is said twice."""
+        a new reply): they are re-sent where unplayed, and the llm continues
+        the reply after them (the recorded text as its assistant prefix), so
+        only the new clauses are generated and sent, with the next clause ids,
+        and the reply (recorded + new) is committed once. A continuation that
+        ends at once leaves the recorded clauses as the reply.
+
+        An llm replica that cannot continue (PrefixUnsupported, before any
+        text) regenerates the reply from the start instead (same prompt,
+        greedy or seeded by turn id, so the same text): it is checked against
+        the recorded clauses and only its later ones are sent. If it differs,
+        the recorded clauses are the reply: they end on a clause boundary and
+        the user may have heard them, so nothing is said twice."""
         loop = asyncio.get_running_loop()
         t0 = loop.time()
         recorded = dict(reply.clauses)
@@ -600,8 +608,11 @@ class Conversation:
             pieces_override = None
         if spec is None and pieces_override is None:
             prompt = await self._prompt(reply.user_turn_id, tool_notes, history)
-        chunker = ClauseChunker()
-        next_id = 0
+        # A takeover mid-reply continues the llm's reply after the recorded
+        # clauses. A fixed text (a confirmation question) is simply produced
+        # again: `say` skips the clauses it finds recorded.
+        continuing = bool(recorded) and spec is None and pieces_override is None
+        next_id = max(recorded) + 1 if continuing else 0
 
         async def say(clause: str) -> None:
             nonlocal next_id
@@ -619,14 +630,11 @@ class Conversation:
             await self.store.set_reply(self.sid, reply.turn_id, {f"c:{cid}": clause}, epoch=self.epoch)
             await self.send(opb.AgentCommand(say=opb.Say(turn_id=reply.turn_id, clause_id=cid, text=clause)))
 
-        await self.store.set_turn_state(self.sid, state="speaking", reply_turn=reply.turn_id)
-        if pieces_override is not None:
-            pieces = _pieces(pieces_override)
-        elif spec is not None:
-            pieces = spec.stream()  # generated while the user was still finishing the turn
-        else:
-            pieces = self._llm_stream(prompt, reply.turn_id)
-        try:
+        async def say_all(pieces) -> None:
+            # A fresh chunker for a continuation too: its first new clause is
+            # cut early (a comma after a few words), like a reply's first
+            # clause, because the caller may be waiting for it.
+            chunker = ClauseChunker()
             # aclosing: leaving early (a divergence) cancels the llm call now.
             async with contextlib.aclosing(pieces):
                 async for piece in pieces:
@@ -634,6 +642,25 @@ class Conversation:
                         await say(clause)
             for clause in chunker.flush():
                 await say(clause)
+
+        await self.store.set_turn_state(self.sid, state="speaking", reply_turn=reply.turn_id)
+        if pieces_override is not None:
+            pieces = _pieces(pieces_override)
+        elif spec is not None:
+            pieces = spec.stream()  # generated while the user was still finishing the turn
+        elif continuing:
+            pieces = self._llm_stream(prompt, reply.turn_id, prefix=reply.text())
+        else:
+            pieces = self._llm_stream(prompt, reply.turn_id)
+        try:
+            try:
+                await say_all(pieces)
+            except PrefixUnsupported:
+                # Raised before any text: nothing new was said. Regenerate from
+                # the start and check it against the record instead.
+                log.warning("the llm cannot continue a reply; regenerating it", extra={"turn_id": reply.turn_id})
+                next_id = 0
+                await say_all(self._llm_stream(prompt, reply.turn_id))
         except _Diverged:
             log.warning("regenerated reply differs from the recorded clauses; ending it there",
                         extra={"turn_id": reply.turn_id, "clauses": len(recorded)})
@@ -641,12 +668,22 @@ class Conversation:
             log.warning("regenerated reply is shorter than the recorded clauses; ending it there", extra={"turn_id": reply.turn_id})
         await self._finish(reply)
 
-    def _llm_stream(self, prompt: list[dict], turn_id: str):
-        # Seeded by turn id: a successor that regenerates this reply after a
-        # takeover gets the same text.
+    def _llm_stream(self, prompt: list[dict], turn_id: str, prefix: str = ""):
+        """The reply's text pieces; with `prefix` (the recorded clauses of a
+        reply cut by a takeover) only what follows it."""
+        max_tokens = self.agent.llm.max_tokens
+        kw = {}
+        if prefix:
+            # The reply's length budget includes what was already said (about
+            # four characters a token), so a continued reply is no longer than
+            # an uninterrupted one; never so little that it cannot end a sentence.
+            max_tokens = max(16, max_tokens - len(prefix) // 4)
+            kw["assistant_prefix"] = prefix
+        # Seeded by turn id: a successor that must regenerate this reply after
+        # a takeover (an llm that cannot continue) gets the same text.
         return self.llm.generate(
-            self.sid, prompt, max_tokens=self.agent.llm.max_tokens, temperature=self.agent.llm.temperature,
-            request_id=turn_id, seed=zlib.crc32(f"{self.sid}:{turn_id}".encode()) & 0x7FFFFFFF,
+            self.sid, prompt, max_tokens=max_tokens, temperature=self.agent.llm.temperature,
+            request_id=turn_id, seed=zlib.crc32(f"{self.sid}:{turn_id}".encode()) & 0x7FFFFFFF, **kw,
         )
 
     # ---- speculation ------------------------------------------------------

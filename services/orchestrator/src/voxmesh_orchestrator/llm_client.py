@@ -25,6 +25,12 @@ class LlmError(RuntimeError):
     pass
 
 
+class PrefixUnsupported(LlmError):
+    """The llm replica did not continue the assistant prefix (built before
+    assistant_prefix existed, it answered from the start). Raised before any
+    text is yielded: the caller can still regenerate the reply instead."""
+
+
 class LlmClient:
     def __init__(self, targets: tuple[str, ...] | list[str]) -> None:
         if not targets:
@@ -68,9 +74,13 @@ class LlmClient:
         stop: tuple[str, ...] = (),
         request_id: str = "",
         seed: int = 0,
+        assistant_prefix: str = "",
     ) -> AsyncIterator[str]:
         """Yield generated text pieces. Closing the iterator (or cancelling the
-        task that consumes it) cancels the call, which stops the engine."""
+        task that consumes it) cancels the call, which stops the engine.
+
+        `assistant_prefix`: continue that assistant reply (already said) and
+        yield only what follows it; PrefixUnsupported when the replica cannot."""
         req = llm_pb2.GenerateRequest(
             session_id=session_id,
             request_id=request_id,
@@ -82,6 +92,7 @@ class LlmClient:
             # A fixed seed makes a sampled reply reproducible: a replica that
             # takes a session over mid-reply regenerates the same text.
             seed=seed,
+            assistant_prefix=assistant_prefix,
         )
         last_error: Exception | None = None
         for name in self.ring.owners(session_id, len(self.members)):
@@ -90,6 +101,10 @@ class LlmClient:
             started = False
             try:
                 async for chunk in call:
+                    if assistant_prefix and not chunk.continued:
+                        # An llm that predates assistant_prefix ignored it: this
+                        # text is a new reply, which would repeat what was said.
+                        raise PrefixUnsupported(f"llm {target} does not continue an assistant prefix")
                     started = True
                     if chunk.text:
                         yield chunk.text
