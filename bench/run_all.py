@@ -12,7 +12,7 @@ BENCHES = [
     ["understanding/bench_understanding.py"],
     ["bargein/bench_bargein.py"],
     ["recovery/bench_recovery.py"],
-    ["edge_capacity/bench_edge_capacity.py"],
+    ["edge_capacity/edge_capacity_bench.py", "--sessions", "20,30", "--seconds", "12"],
     ["ring/ring_bench.py"],
 ]
 

@@ -56,14 +56,25 @@ TEXT = ("Hello, I would like to check on my order. The number is four two one ni
         "and I placed it last Tuesday. Could you tell me when it will arrive?")
 
 
-def make_audio(workdir: pathlib.Path) -> tuple[pathlib.Path, np.ndarray]:
+def make_audio(workdir: pathlib.Path, cache: pathlib.Path | None = None) -> tuple[pathlib.Path, np.ndarray]:
     """The callers' loop (48 kHz, 4 s of speech at -26 dBFS with a -4 dBFS
     1 kHz marker frame every 2 s, after 60 ms of silence), and the tts double's
-    speech (22.05 kHz)."""
+    speech (22.05 kHz). With `cache`, the espeak-ng WAVs are taken from there when
+    present (and stored there otherwise), so the bench runs on a box without espeak-ng."""
     from voxmesh.testing.speech import read_pcm16, say_to_wav
 
-    wav48 = say_to_wav(TEXT, workdir / "speech48.wav", rate=RATE)
-    wav22 = say_to_wav(TEXT, workdir / "speech22.wav", rate=TTS_RATE)
+    wavs = []
+    for name, rate in (("speech48.wav", RATE), ("speech22.wav", TTS_RATE)):
+        cached = cache / name if cache else None
+        if cached is not None and cached.exists():
+            wavs.append(cached)
+            continue
+        wav = say_to_wav(TEXT, workdir / name, rate=rate)
+        if cached is not None:
+            cache.mkdir(parents=True, exist_ok=True)
+            cached.write_bytes(wav.read_bytes())
+        wavs.append(wav)
+    wav48, wav22 = wavs
     pcm, _ = read_pcm16(str(wav48))
     pcm = pcm.astype(np.float32)
     pcm *= 10 ** (-26 / 20) * 32768 / max(1.0, float(np.sqrt(np.mean(pcm**2))))
@@ -228,6 +239,28 @@ def profile_breakdown(path: pathlib.Path) -> list[tuple[str, float]]:
     return sorted(((k, 100 * v / max(1, total)) for k, v in counts.items()), key=lambda kv: -kv[1])
 
 
+def cpu_list(spec: str | None) -> set[int] | None:
+    """'0' or '1-7' or '2,4-5' -> {cpus}; None or '' -> no pinning."""
+    if not spec:
+        return None
+    cpus: set[int] = set()
+    for part in spec.split(","):
+        lo, _, hi = part.partition("-")
+        cpus.update(range(int(lo), int(hi or lo) + 1))
+    return cpus
+
+
+def pinned(nice: int, cpus: set[int] | None):
+    """preexec_fn for a child: its niceness and, on a box with cores to spare,
+    its own cores (the edge on one core, as in a pod with a CPU limit of 1, and
+    the callers elsewhere, so the load generator never competes with it)."""
+    def apply() -> None:
+        os.nice(nice)
+        if cpus:
+            os.sched_setaffinity(0, cpus)
+    return apply
+
+
 def pct(values: list[float], q: float) -> float | None:
     return float(np.percentile(values, q)) if values else None
 
@@ -247,7 +280,7 @@ async def run_one(n: int, args, redis_url: str, doubles_port: int, stt, loop_pat
     # at a higher priority than the rest (the callers, other users' work) so that
     # its lateness is its own. Its CPU cost does not depend on the priority.
     edge = subprocess.Popen([sys.executable, "-m", "voxmesh_edge"], env=env, stdout=log, stderr=subprocess.STDOUT,
-                            preexec_fn=lambda: os.nice(args.edge_nice))
+                            preexec_fn=pinned(args.edge_nice, cpu_list(args.edge_cpus)))
     clients = []
     try:
         await asyncio.to_thread(wait_for_port, port, timeout=60, proc=edge)
@@ -262,7 +295,7 @@ async def run_one(n: int, args, redis_url: str, doubles_port: int, stt, loop_pat
                 # The callers are load, not the system under test: on a box where
                 # they share the edge's cores, they yield to it (the edge of a real
                 # deployment has its cores to itself).
-                preexec_fn=lambda: os.nice(args.client_nice),
+                preexec_fn=pinned(args.client_nice, cpu_list(args.client_cpus)),
             ), out))
         for p, _ in clients:  # all sessions set up
             line = await asyncio.to_thread(p.stdout.readline)
@@ -364,11 +397,16 @@ async def main() -> None:
     ap.add_argument("--reply-s", type=float, default=3.0, help="agent speech per reply")
     ap.add_argument("--cycle-s", type=float, default=6.0, help="one reply every cycle")
     ap.add_argument("--edge-env", action="append", default=[], help="extra VOXMESH_EDGE_X=value for the edge")
+    ap.add_argument("--edge-cpus", help="pin the edge (and its workers) to these CPUs, e.g. 0; default: not pinned")
+    ap.add_argument("--client-cpus", help="pin the caller processes to these CPUs, e.g. 2-15; default: not pinned")
+    ap.add_argument("--audio-cache", type=pathlib.Path, help="folder for the espeak-ng WAVs (reused when present)")
     ap.add_argument("--json", help="also write the figures here")
     ap.add_argument("--profile", action="store_true", help="py-spy the edge during the window (profile-N.txt in the work dir)")
     args = ap.parse_args()
     workdir = pathlib.Path(tempfile.mkdtemp(prefix="edge-capacity-"))
-    loop_path, speech22 = make_audio(workdir)
+    if args.client_cpus:  # the doubles and Redis (this process and its children) stay off the edge's cores
+        os.sched_setaffinity(0, cpu_list(args.client_cpus))
+    loop_path, speech22 = make_audio(workdir, args.audio_cache)
     rows = []
     with redis_server(workdir / "redis", appendonly=False) as redis_url:
         doubles_port = free_port()
