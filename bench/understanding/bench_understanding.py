@@ -90,6 +90,26 @@ PAUSED = [
     (["My name is", "John Smith"], [0.5]),
 ]
 
+# More of the kinds the fused policy got wrong or that are easy to get wrong
+# (a filler after a preposition, a sentence stopped on "to", digits read in
+# groups), with other voices and speeds than PAUSED: reported as their own set
+# ("pauses2") so that a rule tuned on PAUSED is checked on utterances it was not
+# tuned on.
+PAUSED_MORE = [
+    (["I have a question about uh", "the refund"], [1.0]),
+    (["Can you check on um", "my delivery"], [0.9]),
+    (["I am calling about er", "an order I placed"], [1.1]),
+    (["It is for uh", "my mother"], [0.8]),
+    (["Please change the name to", "Jane Doe"], [0.7]),
+    (["I want to talk to", "a manager"], [0.8]),
+    (["Can you send the receipt to", "my new email"], [0.6]),
+    (["Move the delivery to", "next Monday"], [0.9]),
+    (["The code is three one", "four one five"], [0.9]),
+    (["I think that", "would be fine"], [0.8]),
+    (["Could you", "check that for me"], [0.7]),
+    (["My account number is two two", "nine zero"], [1.0]),
+]
+
 
 @dataclass
 class Utterance:
@@ -121,7 +141,7 @@ def synth(text: str, voice: str, wpm: int, path: pathlib.Path) -> np.ndarray:
     return read_pcm16(path)[0]
 
 
-def make_set(workdir: pathlib.Path, quick: bool) -> list[Utterance]:
+def make_set(workdir: pathlib.Path, quick: bool, extra: bool = True) -> list[Utterance]:
     lead = np.zeros(int(0.4 * SR), np.int16)
     out: list[Utterance] = []
     clean = CLEAN[:6] if quick else CLEAN
@@ -131,11 +151,22 @@ def make_set(workdir: pathlib.Path, quick: bool) -> list[Utterance]:
         pcm = np.concatenate([lead, trim(synth(text, voice, wpm, workdir / f"clean{i}.wav"))])
         onset, end = voiced_bounds(pcm)
         out.append(Utterance(f"clean{i}:{voice}:{wpm}", "clean", text, pcm, onset, end))
-    for i, (phrases, pauses) in enumerate(paused):
-        voice, wpm = VOICES[(i + 2) % len(VOICES)], SPEEDS[(i + 1) % len(SPEEDS)]
+    sets = [("pauses", "pause", paused, 2, 1)]
+    if extra:
+        # other voice/speed pairs than PAUSED's
+        sets.append(("pauses2", "more", PAUSED_MORE[:4] if quick else PAUSED_MORE, 5, 3))
+    for kind, tag, items, voice_shift, speed_shift in sets:
+        out += _paused(workdir, lead, kind, tag, items, voice_shift, speed_shift)
+    return out
+
+
+def _paused(workdir, lead, kind, tag, items, voice_shift, speed_shift) -> list[Utterance]:
+    out = []
+    for i, (phrases, pauses) in enumerate(items):
+        voice, wpm = VOICES[(i + voice_shift) % len(VOICES)], SPEEDS[(i + speed_shift) % len(SPEEDS)]
         parts, ends, t = [lead], [], lead.size / SR
         for j, phrase in enumerate(phrases):
-            seg = trim(synth(phrase, voice, wpm, workdir / f"pause{i}_{j}.wav"))
+            seg = trim(synth(phrase, voice, wpm, workdir / f"{tag}{i}_{j}.wav"))
             parts.append(seg)
             t += seg.size / SR
             if j < len(pauses):
@@ -144,7 +175,7 @@ def make_set(workdir: pathlib.Path, quick: bool) -> list[Utterance]:
                 t += pauses[j]
         pcm = np.concatenate(parts)
         onset, end = voiced_bounds(pcm)
-        out.append(Utterance(f"pause{i}:{voice}:{wpm}", "pauses", " ".join(phrases), pcm, onset, end, ends))
+        out.append(Utterance(f"{tag}{i}:{voice}:{wpm}", kind, " ".join(phrases), pcm, onset, end, ends))
     return out
 
 
@@ -157,14 +188,17 @@ class Result:
     final_walls: list[float]
 
 
-async def stream_one(target: str, utt: Utterance, tail_s: float = 2.8) -> Result:
+async def stream_one(target: str, utt: Utterance, tail_s: float = 2.8, digit_counts: tuple[int, ...] = ()) -> Result:
     pcm = np.concatenate([utt.pcm, np.zeros(int(tail_s * SR), np.int16)]).astype("<i2").tobytes()
     t0 = time.monotonic()
     res = Result(utt, [], [], None, [])
 
     async def requests():
         yield stt_pb2.TranscribeRequest(
-            config=stt_pb2.TranscribeConfig(session_id=utt.name, sample_rate=SR, language="en", interim_results=True)
+            config=stt_pb2.TranscribeConfig(
+                session_id=utt.name, sample_rate=SR, language="en", interim_results=True,
+                turn=stt_pb2.TurnSettings(complete_digit_counts=list(digit_counts)),
+            )
         )
         for i in range(0, len(pcm), 640):
             delay = t0 + (i + 640) / 32000 - time.monotonic()
@@ -199,6 +233,10 @@ def decode_means(metrics_url: str) -> dict[str, tuple[float, int]]:
     return {k: (float(sums[k]) / max(1.0, float(counts[k])), int(float(counts[k]))) for k in sums}
 
 
+def _mean(xs: list[float]) -> float:
+    return float(np.mean(xs)) if xs else float("nan")
+
+
 def pct(xs: list[float], q: float) -> float:
     return float(np.percentile(xs, q)) if xs else float("nan")
 
@@ -207,20 +245,23 @@ def ms(x: float) -> str:
     return "  n/a" if x != x else f"{x * 1000:5.0f}"
 
 
-async def run_policy(policy: str, utts: list[Utterance], concurrency: int, smart_turn: str) -> dict:
+async def run_policy(policy: str, utts: list[Utterance], concurrency: int, smart_turn: str,
+                     digit_counts: tuple[int, ...] = (), server_log: str = "") -> dict:
     port, mport = free_port(), free_port()
     env = child_env(
         VOXMESH_STT_PORT=str(port), VOXMESH_STT_METRICS_PORT=str(mport), VOXMESH_STT_HOST="127.0.0.1",
-        VOXMESH_STT_SMART_TURN_PATH=smart_turn, VOXMESH_STT_TURN_POLICY=policy, VOXMESH_LOG_LEVEL="WARNING",
+        VOXMESH_STT_SMART_TURN_PATH=smart_turn, VOXMESH_STT_TURN_POLICY=policy,
+        VOXMESH_LOG_LEVEL="DEBUG" if server_log else "WARNING",
     )
-    proc = subprocess.Popen([sys.executable, "-m", "voxmesh_stt"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = open(f"{server_log}.{policy}", "w") if server_log else subprocess.DEVNULL
+    proc = subprocess.Popen([sys.executable, "-m", "voxmesh_stt"], env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         target = f"127.0.0.1:{port}"
         await asyncio.to_thread(wait_for_grpc_health, target, 90.0, proc)
         cpu0, wall0 = cpu_seconds(proc.pid), time.monotonic()
         results: list[Result] = []
         for i in range(0, len(utts), concurrency):
-            results += await asyncio.gather(*(stream_one(target, u) for u in utts[i : i + concurrency]))
+            results += await asyncio.gather(*(stream_one(target, u, digit_counts=digit_counts) for u in utts[i : i + concurrency]))
         cpu = cpu_seconds(proc.pid) - cpu0
         wall = time.monotonic() - wall0
         decodes = decode_means(f"http://127.0.0.1:{mport}/metrics")
@@ -230,14 +271,24 @@ async def run_policy(policy: str, utts: list[Utterance], concurrency: int, smart
             proc.wait(15)
         except subprocess.TimeoutExpired:
             proc.kill()
+        if server_log:
+            log.close()
     audio_s = sum(r.utt.pcm.size / SR + 2.8 for r in results)
-    return summarize(policy, results, cpu, audio_s, wall, concurrency, decodes)
+    # The headline figures are over the original set (clean + pauses), comparable
+    # with earlier runs; the extra pause set is summarized on its own.
+    main = [r for r in results if r.utt.kind != "pauses2"]
+    s = summarize(policy, main, cpu, audio_s, wall, concurrency, decodes)
+    more = [r for r in results if r.utt.kind == "pauses2"]
+    if more:
+        s["pauses2"] = summarize(policy, more, cpu, audio_s, wall, concurrency, decodes)
+    s["digit_counts"] = list(digit_counts)
+    return s
 
 
 def summarize(policy, results: list[Result], cpu, audio_s, wall, concurrency, decodes) -> dict:
     wers, first_interim, final_lat, eou_lat, eou_audio, final_after_eot, eou_clean = [], [], [], [], [], [], []
-    cut = {"clean": 0, "pauses": 0}
-    n = {"clean": 0, "pauses": 0}
+    cut = {"clean": 0, "pauses": 0, "pauses2": 0}
+    n = {"clean": 0, "pauses": 0, "pauses2": 0}
     late = 0
     fails = []
     per_utt = []
@@ -272,8 +323,8 @@ def summarize(policy, results: list[Result], cpu, audio_s, wall, concurrency, de
         "utterances": len(results),
         "concurrency": concurrency,
         "wer": float(np.mean(wers)),
-        "wer_clean": float(np.mean([w for w, r in zip(wers, results) if r.utt.kind == "clean"])),
-        "wer_pauses": float(np.mean([w for w, r in zip(wers, results) if r.utt.kind == "pauses"])),
+        "wer_clean": _mean([w for w, r in zip(wers, results) if r.utt.kind == "clean"]),
+        "wer_pauses": _mean([w for w, r in zip(wers, results) if r.utt.kind != "clean"]),
         "first_interim_p50": pct(first_interim, 50),
         "first_interim_p95": pct(first_interim, 95),
         "final_p50": pct(final_lat, 50),
@@ -286,7 +337,8 @@ def summarize(policy, results: list[Result], cpu, audio_s, wall, concurrency, de
         "eou_audio_p50": pct(eou_audio, 50),
         "final_after_eot_p50": pct(final_after_eot, 50),
         "final_after_eot_p95": pct(final_after_eot, 95),
-        "false_cutoff_pauses": cut["pauses"] / max(1, n["pauses"]),
+        "false_cutoff_pauses": (cut["pauses"] + cut["pauses2"]) / max(1, n["pauses"] + n["pauses2"]),
+        "false_cutoff_counts": {k: f"{cut[k]}/{n[k]}" for k in n if n[k]},
         "false_cutoff_clean": cut["clean"] / max(1, n["clean"]),
         "late_rate": late / max(1, len(results)),
         # CPU seconds per second of audio streamed = cores one real-time stream keeps busy
@@ -309,7 +361,8 @@ def report(s: dict, verbose: bool = False) -> None:
     print(f"end of speech -> EOT ms    p50 {ms(s['eou_p50'])}  p95 {ms(s['eou_p95'])}  mean {ms(s['eou_mean'])}  (audio clock p50 {ms(s['eou_audio_p50'])})")
     print(f"  clean set only           p50 {ms(s['eou_clean_p50'])}  p90 {ms(s['eou_clean_p90'])}")
     print(f"Final after EOT point ms   p50 {ms(s['final_after_eot_p50'])}  p95 {ms(s['final_after_eot_p95'])}")
-    print(f"false cut-offs             pauses {s['false_cutoff_pauses']:.1%}  clean {s['false_cutoff_clean']:.1%}")
+    print(f"false cut-offs             pauses {s['false_cutoff_pauses']:.1%}  clean {s['false_cutoff_clean']:.1%}  "
+          f"({', '.join(f'{k} {v}' for k, v in s['false_cutoff_counts'].items())})")
     print(f"held to max wait           {s['late_rate']:.1%}")
     print(f"CPU per stream             {s['cpu_per_stream']:.2f} cores ({s['cpu_seconds']:.1f} CPU s / {s['audio_seconds']:.0f} audio s)")
     print(f"decode mean s (count)      " + ", ".join(f"{k} {v:.3f} ({s['decode_count'][k]})" for k, v in s["decode_mean_s"].items()))
@@ -319,6 +372,17 @@ def report(s: dict, verbose: bool = False) -> None:
         for u in s["per_utterance"]:
             eots = " ".join(f"{r}(p={p:.2f},{d * 1000:+.0f}ms)" for r, p, d in u["eot"])
             print(f"  {u['name']:24s} {eots:40s} {u['finals']}")
+    more = s.get("pauses2")
+    if more:
+        print(f"-- extra pause set (pauses2, {more['utterances']} utterances, not in the figures above)")
+        print(f"   WER {more['wer']:.3f}  false cut-offs {more['false_cutoff_pauses']:.1%} ({more['false_cutoff_counts']['pauses2']})"
+              f"  held to max wait {more['late_rate']:.1%}  EOT p50 {ms(more['eou_p50'])} ms")
+        for name, reasons, finals in more["cutoffs"]:
+            print(f"  cut: {name} {reasons} {finals}")
+        if verbose:
+            for u in more["per_utterance"]:
+                eots = " ".join(f"{r}(p={p:.2f},{d * 1000:+.0f}ms)" for r, p, d in u["eot"])
+                print(f"  {u['name']:24s} {eots:40s} {u['finals']}")
 
 
 def main() -> None:
@@ -328,18 +392,24 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="6 clean + 4 paused utterances")
     ap.add_argument("--verbose", action="store_true", help="one line per utterance")
     ap.add_argument("--json", default=str(REPO / "bench/results/understanding.json"))
+    ap.add_argument("--digit-counts", default="4",
+                    help="turn.complete_digit_counts sent to stt, comma-separated (the demo agent's: 4); '' for none")
+    ap.add_argument("--no-extra", action="store_true", help="leave out the extra pause set (pauses2)")
+    ap.add_argument("--server-log", default="", help="write the service's INFO log to PATH.<policy>")
     args = ap.parse_args()
+    digit_counts = tuple(int(x) for x in args.digit_counts.split(",") if x.strip())
 
     smart_turn = str(REPO / ".cache/models/smart-turn-v3.2-cpu.onnx")
     if not os.path.exists(smart_turn):
         subprocess.run([sys.executable, str(REPO / "services/stt/scripts/fetch_smart_turn.py"), "--out", smart_turn], check=True)
     workdir = pathlib.Path(tempfile.mkdtemp(prefix="understanding-"))
-    utts = make_set(workdir, args.quick)
-    print(f"{len(utts)} utterances ({sum(u.kind == 'pauses' for u in utts)} with pauses), "
-          f"{sum(u.pcm.size for u in utts) / SR:.0f} s of audio; machine: {os.cpu_count()} cores")
+    utts = make_set(workdir, args.quick, extra=not args.no_extra)
+    print(f"{len(utts)} utterances ({sum(u.kind != 'clean' for u in utts)} with pauses), "
+          f"{sum(u.pcm.size for u in utts) / SR:.0f} s of audio; machine: {os.cpu_count()} cores; "
+          f"load average {os.getloadavg()[0]:.2f}; complete_digit_counts {list(digit_counts)}")
     summaries = []
     for policy in args.policies.split(","):
-        s = asyncio.run(run_policy(policy, utts, args.concurrency, smart_turn))
+        s = asyncio.run(run_policy(policy, utts, args.concurrency, smart_turn, digit_counts, args.server_log))
         report(s, args.verbose)
         summaries.append(s)
     out = pathlib.Path(args.json)

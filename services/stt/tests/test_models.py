@@ -88,3 +88,16 @@ async def test_scheduler_runs_by_priority_and_drops_cancelled_work():
         assert order == ["final", "interim"]
     finally:
         sched.close()
+
+
+def test_decoder_confidence_of_the_last_words(sentence):
+    asr = shared_asr()
+    greedy = asr.decode(sentence)
+    # the last words of the text, each with the probability of its least likely token
+    assert greedy.tail and [w for w, _ in greedy.tail] == greedy.text.split()[-len(greedy.tail) :]
+    assert all(0.0 < p <= 1.0 for _, p in greedy.tail)
+    assert greedy.tail[-1][1] > 0.5  # "please." is clearly spoken
+    # beam search gets them from an alignment pass
+    beam = asr.decode(sentence, beam_size=2)
+    assert beam.tail and all(0.0 < p <= 1.0 for _, p in beam.tail)
+    assert asr.decode(np.zeros(16000, np.float32)).tail == ()  # no words, nothing to describe

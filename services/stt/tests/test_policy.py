@@ -1,6 +1,6 @@
 """The end-of-turn policy: audio probability + the transcript's last words."""
 
-from voxmesh_stt.policy import judge, text_kind
+from voxmesh_stt.policy import judge, text_kind, trailing_digit_count
 
 KW = dict(min_silence_ms=200, max_silence_ms=2000, threshold=0.5)
 
@@ -39,3 +39,41 @@ def test_a_closed_sentence_waits_longer_when_the_audio_model_is_sure_it_is_not()
     sure = judge(0.0, "I welcome to that.", **KW).required_silence_ms
     doubtful = judge(0.3, "I welcome to that.", **KW).required_silence_ms
     assert doubtful < 500 < sure <= 1100
+
+
+def test_trailing_digit_count_however_whisper_writes_the_number():
+    for text in ("Where is my order 4219.", "where is my order 4 2 1 9", "It is 42-19.", "my order four two one nine",
+                 "my order for two one nine", "forty two nineteen", "the code is 42, 19"):
+        assert trailing_digit_count(text) == 4, text
+    assert trailing_digit_count("my phone is 555 1234") == 7
+    assert trailing_digit_count("my order number is four two") == 2
+    assert trailing_digit_count("I paid for 4219") == 4  # "for" before a numeral is a preposition
+    assert trailing_digit_count("three hundred and four") == 1
+    assert trailing_digit_count("two hundred") is None  # not a digit string
+    assert trailing_digit_count("the blue one?") == 1 and trailing_digit_count("hello") is None
+
+
+def test_a_number_complete_for_the_agent_is_judged_like_a_sentence():
+    assert text_kind("Where is my order 4219.", (4,)) == "number"
+    assert text_kind("Where is my order 4219.") == "digits"
+    assert text_kind("my order number is four two", (4,)) == "digits"
+    assert text_kind("my phone is 555 1234", (4,)) == "digits"
+    assert judge(0.9, "Where is my order 4219.", **KW).required_silence_ms == 2000
+    doubted = judge(0.01, "Where is my order 4219.", complete_digit_counts=(4,), **KW).required_silence_ms
+    assert 200 < doubted <= 500  # the audio model's doubt, with the weight of a closed sentence
+
+
+def test_an_uncertain_last_word_is_no_evidence_of_a_complete_turn():
+    sure = judge(0.95, "Can you tell me about him?", tail_prob=0.95, **KW)
+    unsure = judge(0.95, "Can you tell me about him?", tail_prob=0.3, **KW)
+    assert sure.required_silence_ms == 200 and sure.text_kind == "final"
+    assert unsure.text_kind == "uncertain" and 1000 < unsure.required_silence_ms < 2000
+    # hold words hold whatever the confidence
+    assert judge(0.95, "I need to change the address to", tail_prob=0.3, **KW).required_silence_ms == 2000
+
+
+def test_fast_silence_only_when_both_models_are_sure():
+    assert judge(0.95, "Where is my parcel?", fast_silence_ms=96, **KW).required_silence_ms == 96
+    assert judge(0.95, "Where is my parcel?", fast_silence_ms=96, tail_prob=0.6, **KW).required_silence_ms == 200
+    assert judge(0.7, "Where is my parcel?", fast_silence_ms=96, **KW).required_silence_ms == 200
+    assert judge(0.95, "where is my parcel", fast_silence_ms=96, **KW).required_silence_ms == 200  # not closed

@@ -37,6 +37,7 @@ WORD_MS = 320  # every scripted word lasts this long
 class Word:
     text: str
     p_complete: float = 0.1  # what the turn-model double says when audio ends on it
+    asr_prob: float = 0.95  # the ASR double's confidence in this word (Transcript.tail)
 
 
 class Script:
@@ -102,10 +103,11 @@ class AsrDouble:
         self.calls.append((kind, audio.size, prefix))
         if self.gate is not None:
             await self.gate.wait()
-        text = " ".join(w.text for w in self.script.words_in(audio))
+        words = self.script.words_in(audio)
+        text = " ".join(w.text for w in words)
         if prefix and not text.startswith(prefix):
             text = prefix + text[len(prefix) :]
-        return Transcript(text, self.seconds)
+        return Transcript(text, self.seconds, tuple((w.text, w.asr_prob) for w in words[-3:]))
 
 
 class TurnModelDouble:
@@ -461,3 +463,84 @@ def test_stable_between():
     assert stable_between("where is my order?", "where is my order for two", "where is") == "where is my order"
     assert stable_between("where is a", "where was b c", "where") == "where"
     assert stable_between("x", "y z", "where") == "where"  # never shorter than promised
+
+
+# ---------------------------------------------------------------- numbers complete for the agent
+
+
+async def test_a_four_digit_order_number_ends_the_turn_fast_when_the_agent_expects_four_digits():
+    # Smart Turn (double) hears the list-like reading of digits as unfinished
+    # (p=0.05), as the real model does on "Where is my order four two one nine?".
+    def script():
+        return Script(200, W("where"), W("is"), W("my"), W("order"), W("four"), W("two"), W("one"), W("nine.", 0.05))
+
+    s = script()
+    tl, _, _ = await play(s, tail_ms=2500, complete_digit_counts=(4,))
+    assert_turn_shape(tl)
+    (eot,) = tl.of(EndOfTurn)
+    assert eot.reason == "model"
+    # judged like a closed sentence the audio model doubts: well under a second
+    assert eot.audio_offset_ms - s.speech_end_ms <= 600
+    assert tl.of(Final)[0].text == "where is my order four two one nine."
+    # without the agent's rule the same turn holds to the maximum wait
+    tl, _, _ = await play(script(), tail_ms=2500)
+    (eot,) = tl.of(EndOfTurn)
+    assert eot.reason == "max_wait" and eot.audio_offset_ms - s.speech_end_ms == pytest.approx(2000, abs=64)
+
+
+async def test_a_number_read_in_two_digit_groups_holds_at_the_inner_pause():
+    s = Script(200, W("my"), W("order"), W("number"), W("is"), W("four"), W("two", 0.9), 900, W("one"), W("nine.", 0.05))
+    tl, _, _ = await play(s, tail_ms=2500, complete_digit_counts=(4,))
+    assert_turn_shape(tl)
+    # one turn, not cut after "four two" although the audio model says complete there
+    (final,) = tl.of(Final)
+    assert final.text == "my order number is four two one nine."
+    (eot,) = tl.of(EndOfTurn)
+    assert eot.reason == "model" and eot.audio_offset_ms - s.speech_end_ms <= 600
+
+
+async def test_phone_number_like_groups_hold_when_only_four_digits_are_complete():
+    s = Script(
+        # (equal Words would be one scripted word: the repeated "five"s differ in p)
+        200, W("my"), W("phone"), W("number"), W("is"), W("five", 0.11), W("five", 0.12), W("five", 0.9), 1000,
+        W("one"), W("two"), W("three"), W("four.", 0.9),
+    )
+    tl, _, _ = await play(s, tail_ms=2500, complete_digit_counts=(4,))
+    assert_turn_shape(tl)
+    (final,) = tl.of(Final)
+    assert final.text == "my phone number is five five five one two three four."
+    # 3 digits at the inner pause, 7 at the end: neither is a length the agent
+    # expects, so both hold (the end to the maximum wait)
+    (eot,) = tl.of(EndOfTurn)
+    assert eot.reason == "max_wait"
+
+
+# ---------------------------------------------------------------- confidence of the last word
+
+
+async def test_an_uncertain_last_word_holds_a_closed_sentence_through_the_pause():
+    # "about um" heard as "about him?": both the audio model (double) and the text
+    # say complete, only the decoder's low confidence in "him?" tells otherwise.
+    def script(prob):
+        return Script(200, W("tell"), W("me"), W("about"), W("him?", 0.95, asr_prob=prob), 1100, W("my"), W("invoice.", 0.95))
+
+    tl, _, _ = await play(script(0.4), tail_ms=1500)
+    assert_turn_shape(tl)
+    assert [f.text for f in tl.of(Final)] == ["tell me about him? my invoice."]
+    # the same words heard with confidence end the turn at the pause (the cut-off
+    # the rule prevents when the words are in doubt)
+    tl, _, _ = await play(script(0.95), tail_ms=1500)
+    assert [f.text for f in tl.of(Final)] == ["tell me about him?", "my invoice."]
+
+
+async def test_a_turn_both_models_are_sure_of_ends_before_min_silence():
+    s = Script(400, W("where"), W("is"), W("my"), W("parcel?", p_complete=0.95))
+    tl, _, _ = await play(s, tail_ms=1500, min_silence_ms=200, fast_silence_ms=96)
+    (eot,) = tl.of(EndOfTurn)
+    assert eot.reason == "model"
+    assert eot.audio_offset_ms - s.speech_end_ms <= 96 + 64
+    # a doubting audio model (0.6 < 0.9) keeps min_silence_ms
+    s = Script(400, W("where"), W("is"), W("my"), W("parcel?", p_complete=0.6))
+    tl, _, _ = await play(s, tail_ms=1500, min_silence_ms=200, fast_silence_ms=96)
+    (eot,) = tl.of(EndOfTurn)
+    assert eot.audio_offset_ms - s.speech_end_ms >= 200

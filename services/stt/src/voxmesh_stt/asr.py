@@ -66,6 +66,14 @@ class DecodeResult:
     window_s: float  # encoder window actually used
     fallback: bool = False  # redone on the full window
     no_speech_prob: float = 0.0
+    # The decoder's probability of each of the last words (the lowest of the word's
+    # tokens; punctuation tokens are left out: "." vs "?" vs "," is often a coin
+    # toss on a flat voice and says nothing about the words), oldest first: how sure the model is of the
+    # end of the text, which decides whether the text rules of the end of turn can
+    # be trusted ("about um" heard as "about him?": "him" at 0.43). Empty when
+    # not known (beam search without an alignment pass, or no words).
+    tail: tuple[tuple[str, float], ...] = ()
+    looped: bool = False  # the text looked like a loop and was cut (interims)
 
 
 @dataclass(frozen=True)
@@ -126,6 +134,16 @@ def cut_repeat(text: str) -> str:
 
 def looks_looped(text: str) -> bool:
     return _compression_ratio(text) > 2.4 or repeat_start(text) is not None
+
+
+# How many trailing words DecodeResult.tail describes.
+TAIL_WORDS = 3
+
+
+def _log_softmax_at(logits: np.ndarray, token: int) -> float:
+    x = np.asarray(logits, dtype=np.float64).reshape(-1)
+    m = float(x.max())
+    return float(x[token] - m - np.log(np.exp(x - m).sum()))
 
 
 class WhisperAsr:
@@ -189,7 +207,12 @@ class WhisperAsr:
         sv = ctranslate2.StorageView.from_array(np.ascontiguousarray(feats[None], dtype=np.float32))
         return self.model.encode(sv, to_cpu=False), time.perf_counter() - t0
 
-    def _generate(self, plan: "Plan", encoded: Any, beam_size: int) -> tuple[list[int], float, float, bool]:
+    def _generate(self, plan: "Plan", encoded: Any, beam_size: int) -> tuple[list[int], float, float, bool, list[float] | None]:
+        """(text token ids, no-speech probability, mean log-prob, hit the length
+        bound, probability of each id or None). Greedy search returns the logits of
+        every step for free; CTranslate2 does not give them for beam search, where
+        the probabilities come from one teacher-forced alignment pass instead."""
+        greedy = beam_size <= 1
         out = self.model.generate(
             encoded,
             [self.prompt + plan.prefix_tokens],
@@ -197,38 +220,76 @@ class WhisperAsr:
             max_length=plan.max_length,
             return_no_speech_prob=True,
             return_scores=True,
+            return_logits_vocab=greedy,
             suppress_blank=not plan.prefix_tokens,
             suppress_tokens=[-1],
         )[0]
         ids = [t for t in out.sequences_ids[0] if t < self.eot]
         hit_bound = len(self.prompt) + len(out.sequences_ids[0]) >= plan.max_length - 1
+        probs: list[float] | None = None
+        try:
+            if greedy and out.logits and len(out.logits[0]) >= len(ids):
+                steps = out.logits[0]
+                probs = [math.exp(_log_softmax_at(np.asarray(steps[k]), tok)) for k, tok in enumerate(ids)]
+            elif ids:
+                frames = int(plan.audio.size // 160)
+                aligned = self.model.align(encoded, self.prompt, [ids], [max(1, frames)])[0]
+                probs = [float(p) for p in aligned.text_token_probs]
+                probs = probs if len(probs) == len(ids) else None
+        except Exception:  # the confidence is an extra: never fail a decode over it
+            log.debug("token probabilities unavailable", exc_info=True)
+            probs = None
         # scores: sum of token log-probs / length (length_penalty 1).
-        return ids, float(out.no_speech_prob), float(out.scores[0]) if out.scores else 0.0, hit_bound
+        return ids, float(out.no_speech_prob), float(out.scores[0]) if out.scores else 0.0, hit_bound, probs
+
+    def _tail(self, ids: list[int], probs: list[float] | None) -> tuple[tuple[str, float], ...]:
+        """The last TAIL_WORDS words of `ids` with the lowest probability of their
+        tokens (a token without a leading space continues the word before it:
+        word pieces and punctuation; punctuation does not count towards the
+        probability)."""
+        if not probs or not ids:
+            return ()
+        words: list[tuple[str, float]] = []
+        for tok, prob in zip(ids, probs):
+            piece = self.tokenizer.decode([tok])
+            wordy = any(ch.isalnum() for ch in piece)
+            if (piece.startswith(" ") and wordy) or not words:
+                words.append((piece.strip(), prob if wordy else 1.0))
+            else:
+                text, low = words[-1]
+                words[-1] = (text + piece.strip() if not piece.startswith(" ") else f"{text} {piece.strip()}",
+                             min(low, prob) if wordy else low)
+        return tuple((w, round(p, 4)) for w, p in words[-TAIL_WORDS:])
 
     def finish(self, plan: "Plan", encoded: Any, encode_s: float, *, beam_size: int = 1, redo_loops: bool = True) -> DecodeResult:
         """Search on an encoder output. A result that looks like a loop is redone on
         the full window when `redo_loops` (finals), else cut where the repetition
         starts (interims: cheap, and the next interim decodes again anyway)."""
         t0 = time.perf_counter()
-        ids, no_speech, logprob, hit_bound = self._generate(plan, encoded, beam_size)
+        ids, no_speech, logprob, hit_bound, probs = self._generate(plan, encoded, beam_size)
         text = self._text(ids, plan.prefix_tokens)
         window, fallback = plan.window_s, False
         if redo_loops and window < FULL_WINDOW_S and (hit_bound or looks_looped(text)):
             # Looks like a repetition loop: the short window is the likely cause.
             fallback, window = True, FULL_WINDOW_S
             encoded, _ = self.encode(plan, window)
-            ids, no_speech, logprob, hit_bound = self._generate(plan, encoded, beam_size)
+            ids, no_speech, logprob, hit_bound, probs = self._generate(plan, encoded, beam_size)
             text = self._text(ids, plan.prefix_tokens)
-        if looks_looped(text):
+        tail = self._tail(ids, probs)
+        looped = looks_looped(text)
+        if looped:
             text = cut_repeat(text)
             if plan.prefix and not text.startswith(plan.prefix):
                 text = plan.prefix
+            tail = ()  # the words described are not the ones kept
         if not plan.prefix_tokens and no_speech > 0.6 and logprob < -1.0:
             # Whisper's own silence rule: a cough or noise that passed the VAD, from
             # which it would otherwise make up a sentence.
-            text = ""
+            text, tail = "", ()
         seconds = encode_s + time.perf_counter() - t0
-        return DecodeResult(text=text, seconds=seconds, window_s=window, fallback=fallback, no_speech_prob=no_speech)
+        return DecodeResult(
+            text=text, seconds=seconds, window_s=window, fallback=fallback, no_speech_prob=no_speech, tail=tail, looped=looped
+        )
 
     def decode(
         self,

@@ -80,7 +80,7 @@ class Engine:
             self.scheduler.submit(prio, lambda: asr.finish(plan, encoded, encode_s, beam_size=beam, redo_loops=not interim))
         )
         metric("voxmesh_stt_decode_seconds").labels(kind).observe(result.seconds)
-        return Transcript(result.text, result.seconds)
+        return Transcript(result.text, result.seconds, result.tail, result.looped)
 
     def turn_fn(self):
         if self.turn_model is None:
@@ -131,6 +131,9 @@ def stream_config(settings: SttSettings, cfg: stt_pb2.TranscribeConfig) -> Strea
     for name in ("vad_threshold", "min_speech_ms", "min_silence_ms", "max_silence_ms", "eou_threshold"):
         if getattr(t, name) < 0:
             raise BadRequest(f"turn.{name} must not be negative")
+    if any(n <= 0 or n > 64 for n in t.complete_digit_counts):
+        raise BadRequest("turn.complete_digit_counts are numbers of digits (1..64)")
+    digit_counts = tuple(sorted(set(t.complete_digit_counts))) or tuple(int(n) for n in settings.complete_digit_counts)
     if t.vad_threshold > 1 or t.eou_threshold > 1:
         raise BadRequest("turn.vad_threshold and turn.eou_threshold are probabilities (0..1)")
     min_silence = t.min_silence_ms or settings.min_silence_ms
@@ -154,6 +157,8 @@ def stream_config(settings: SttSettings, cfg: stt_pb2.TranscribeConfig) -> Strea
         max_window_s=settings.max_window_s,
         false_eou_window_ms=settings.false_eou_window_ms,
         turn_policy=settings.turn_policy,
+        complete_digit_counts=digit_counts,
+        fast_silence_ms=min(settings.fast_silence_ms, min_silence),
     )
 
 

@@ -114,7 +114,7 @@ class StreamConfig:
     eou_threshold: float = 0.5
     preroll_ms: int = 300
     speech_pad_ms: int = 96
-    speculative_after_ms: int = 64
+    speculative_after_ms: int = 32
     interim_first_ms: int = 400
     interim_interval_ms: int = 400
     interim_cpu_share: float = 0.5
@@ -125,6 +125,11 @@ class StreamConfig:
     # "fused": turn model + transcript (policy.judge); "audio": the turn model alone,
     # as Pipecat uses Smart Turn (complete -> min_silence_ms, else max_silence_ms).
     turn_policy: str = "fused"
+    # Number lengths (digits) complete for this agent (TurnSettings.complete_digit_counts).
+    complete_digit_counts: tuple[int, ...] = ()
+    # Silence that ends a turn both models are sure of (policy.judge), at most
+    # min_silence_ms.
+    fast_silence_ms: int = 200
 
 
 @dataclass(frozen=True)
@@ -133,6 +138,15 @@ class Transcript:
 
     text: str
     seconds: float
+    # (word, decoder probability) of the last words, oldest first; empty: unknown.
+    tail: tuple[tuple[str, float], ...] = ()
+    # The decode looked like a loop and was cut (interims are not redone).
+    looped: bool = False
+
+    @property
+    def tail_prob(self) -> float:
+        """The decoder's probability of the last word (1.0 when not known)."""
+        return self.tail[-1][1] if self.tail else 1.0
 
 
 # decode(audio float32 16 kHz, prefix, kind) -> Transcript; kind is "interim",
@@ -372,14 +386,14 @@ class TurnStream:
                 self._begin_pause(t, end)  # (a pause the in-speech branch did not see start)
             if silence_ms >= cfg.max_silence_ms:
                 await self._end_turn(end, "max_wait")
-            elif silence_ms >= cfg.min_silence_ms:
-                if self._turn_model is None:
+            elif self._turn_model is None:
+                if silence_ms >= cfg.min_silence_ms:
                     await self._end_turn(end, "silence")
-                elif t.required_silence_ms is not None and silence_ms >= t.required_silence_ms:
-                    await self._end_turn(end, "model")
-                elif not t.second_look and (t.required_silence_ms is None or t.required_silence_ms > cfg.min_silence_ms):
-                    t.second_look = True
-                    t.judge2_task = self._spawn(self._judge(t, t.pause_id, end, 2), "stt-judge2")
+            elif t.required_silence_ms is not None and silence_ms >= t.required_silence_ms:
+                # (a turn both models are sure of may end before min_silence_ms)
+                await self._end_turn(end, "model")
+            elif silence_ms >= cfg.min_silence_ms:
+                self._maybe_second_look(t, end)
 
     def _onset(self, onset: int, end: int) -> None:
         self._cand_start = None
@@ -436,6 +450,20 @@ class TurnStream:
         if self._turn_model is not None:
             t.judge_task = self._spawn(self._judge(t, t.pause_id, end, 1), "stt-judge")
 
+    def _maybe_second_look(self, t: _Turn, end: int) -> None:
+        """At min_silence_ms, judge the pause once more when the first look asked for
+        a longer wait that more trailing silence could shorten: only once its
+        verdict is in (a second Smart Turn run while the speculative decode is
+        still running would only slow that decode down on a small machine), and
+        not when the text alone decided (hold, digits, uncertain words: Smart
+        Turn cannot change those)."""
+        if t.second_look or t.judged_stage < 1 or t.required_silence_ms is None:
+            return
+        if t.required_silence_ms <= self.cfg.min_silence_ms or t.text_kind in ("hold", "digits", "uncertain"):
+            return
+        t.second_look = True
+        t.judge2_task = self._spawn(self._judge(t, t.pause_id, end, 2), "stt-judge2")
+
     def _new_pause(self, t: _Turn) -> None:
         """Speech resumed: what was started for the pause is stale."""
         t.pause_id += 1
@@ -460,11 +488,12 @@ class TurnStream:
         audio = self._audio(max(t.start_sample, end - int(TURN_MODEL_MAX_S * SAMPLE_RATE)), end).copy()
         model_task = asyncio.ensure_future(self._turn_model(audio))
         try:
-            text = t.last_text
+            text, tail_prob = t.last_text, 1.0
             if t.speculative is not None:
                 try:
                     # shield: a cancelled judgement must not cancel the final's decode
-                    text = (await asyncio.shield(t.speculative)).text
+                    spec = await asyncio.shield(t.speculative)
+                    text, tail_prob = spec.text, spec.tail_prob
                 except asyncio.CancelledError:
                     task = asyncio.current_task()
                     if task is not None and task.cancelling():
@@ -488,7 +517,8 @@ class TurnStream:
             verdict = Judgement(p_audio, cfg.min_silence_ms if complete else cfg.max_silence_ms, "audio")
         else:
             verdict = judge(p_audio, t.text_with(text), min_silence_ms=cfg.min_silence_ms, max_silence_ms=cfg.max_silence_ms,
-                            threshold=cfg.eou_threshold)
+                            threshold=cfg.eou_threshold, tail_prob=tail_prob, complete_digit_counts=cfg.complete_digit_counts,
+                            fast_silence_ms=cfg.fast_silence_ms)
         async with self._lock:
             if self._turn is not t or t.closing or t.pause_id != pause_id or self._closed or stage < t.judged_stage:
                 return
@@ -496,11 +526,17 @@ class TurnStream:
             t.probability = verdict.probability
             t.required_silence_ms = verdict.required_silence_ms
             t.text_kind = verdict.text_kind
-            log.debug("pause judged", extra={"p_audio": round(p_audio, 3), "p": verdict.probability, "kind": verdict.text_kind, "required_ms": verdict.required_silence_ms})
             silence_ms = self._ms(self._scored - t.last_speech_end)
-            if not self._in_speech and self._cand_start is None and silence_ms >= max(verdict.required_silence_ms, cfg.min_silence_ms):
+            log.debug("pause judged", extra={"stage": stage, "p_audio": round(p_audio, 3), "p": verdict.probability,
+                                            "kind": verdict.text_kind, "tail_prob": round(tail_prob, 3),
+                                            "required_ms": verdict.required_silence_ms, "silence_ms": round(silence_ms)})
+            if self._in_speech or self._cand_start is not None:
+                return
+            if silence_ms >= verdict.required_silence_ms:
                 reason = "model" if verdict.required_silence_ms < self.cfg.max_silence_ms else "max_wait"
                 await self._end_turn(self._scored, reason)
+            elif silence_ms >= cfg.min_silence_ms:
+                self._maybe_second_look(t, self._scored)
 
     # ------------------------------------------------------------ decoding
     def _spawn(self, coro: Awaitable, name: str) -> asyncio.Task:
@@ -522,6 +558,7 @@ class TurnStream:
         # An interim still waiting would decode less audio than this: drop it.
         if t.interim_task is not None and not t.interim_task.done():
             t.interim_task.cancel()
+            log.debug("interim in flight at a pause", extra={"utterance_id": t.utterance_id})
         audio = self._audio(t.seg_start, end).copy()
         t.speculative = self._spawn(self._decode(audio, t.stable, "speculative"), "stt-speculative")
         t.speculative_end = end
