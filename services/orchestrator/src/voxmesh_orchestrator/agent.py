@@ -18,6 +18,21 @@ class TurnConfig:
     min_silence_ms: int = 250
     max_silence_ms: int = 1200
     eou_threshold: float = 0.5
+    # Lengths (in digits) of a number that is complete for this agent, e.g. (4,)
+    # when its order numbers have 4 digits: a turn ending in such a number is
+    # judged like a sentence instead of held to max_silence_ms; other digit runs
+    # still hold (numbers read in groups). Empty: every trailing digit run holds.
+    complete_digit_counts: tuple[int, ...] = ()
+
+    def to_proto(self):
+        """The stt TurnSettings the edge opens its stt stream with."""
+        from voxmesh.v1 import stt_pb2
+
+        return stt_pb2.TurnSettings(
+            vad_threshold=self.vad_threshold, min_speech_ms=self.min_speech_ms, min_silence_ms=self.min_silence_ms,
+            max_silence_ms=self.max_silence_ms, eou_threshold=self.eou_threshold,
+            complete_digit_counts=list(self.complete_digit_counts),
+        )
 
 
 @dataclass(frozen=True)
@@ -64,6 +79,11 @@ def _section(cls, raw: dict | None, where: str):
         raise AgentConfigError(f"{where}: unknown keys {sorted(unknown)}")
     if "backchannels" in raw:
         raw = {**raw, "backchannels": tuple(raw["backchannels"])}
+    if "complete_digit_counts" in raw:
+        counts = raw["complete_digit_counts"] or ()
+        if not isinstance(counts, (list, tuple)) or not all(isinstance(n, int) and 0 < n <= 64 for n in counts):
+            raise AgentConfigError(f"{where}: complete_digit_counts must be a list of digit counts, e.g. [4]")
+        raw = {**raw, "complete_digit_counts": tuple(counts)}
     return cls(**raw)
 
 

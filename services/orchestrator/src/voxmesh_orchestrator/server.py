@@ -21,7 +21,7 @@ from voxmesh.core.metrics import metric
 from voxmesh.core.service import serve_grpc
 from voxmesh.core.settings import from_env
 from voxmesh.v1 import orchestrator_pb2 as opb
-from voxmesh.v1 import orchestrator_pb2_grpc, stt_pb2
+from voxmesh.v1 import orchestrator_pb2_grpc
 
 from voxmesh_orchestrator.agent import AgentConfig, load_agent
 from voxmesh_orchestrator.conversation import Conversation
@@ -115,12 +115,8 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServicer):
             except Exception as exc:
                 log.warning("cannot load the session", extra={"error": f"{type(exc).__name__}: {exc}"})
                 await context.abort(grpc.StatusCode.UNAVAILABLE, f"cannot load the session: {type(exc).__name__}")
-            t = agent.turn
             yield opb.AgentCommand(session_config=opb.SessionConfig(
-                agent=agent.name, voice=agent.voice,
-                turn=stt_pb2.TurnSettings(
-                    vad_threshold=t.vad_threshold, min_speech_ms=t.min_speech_ms, min_silence_ms=t.min_silence_ms,
-                    max_silence_ms=t.max_silence_ms, eou_threshold=t.eou_threshold),
+                agent=agent.name, voice=agent.voice, turn=agent.turn.to_proto(),
             ))
             spawn(pump(), tasks, "converse-in")
             spawn(watch(), tasks, "converse-fence")
