@@ -176,6 +176,43 @@ async def test_reply_cut_mid_generation_is_continued_not_repeated():
     assert conv2.reply is None and (await store.turn_state("s1"))["reply_status"] == "played"
 
 
+async def test_a_pre_synthesized_first_clause_is_recorded_before_it_plays():
+    """A preemptive reply's first clause is synthesized ahead and played on
+    ReplyCommitted. The replica dies right after sending ReplyCommitted: the
+    clause the caller hears is in the record, so the successor continues after
+    it (it does not answer from the start with a first clause the edge would
+    ignore and history would hold unheard)."""
+    store, holder = InMemorySessionStoreDouble(), {}
+    edge = ResumingEdge(holder)
+    llm = ScriptedLlmDouble(FOUR, token_s=0.02)
+    conv = new_conv(store, llm, edge, holder)
+    await conv.start(resumed=False)
+    await conv.handle(speech("speech_started", 1))
+    await conv.handle(speech("final", 1, text="Where is my order?"))
+    await wait_for(lambda: any(c.WhichOneof("command") == "say" and c.say.provisional for c in edge.commands))
+    died = asyncio.Event()
+    send = edge.send
+
+    async def send_then_die(cmd):
+        await send(cmd)
+        if cmd.WhichOneof("command") == "reply_committed":
+            died.set()
+            await asyncio.sleep(3600)  # the replica is gone: nothing after this
+
+    conv.send = send_then_die
+    await conv.handle(speech("end_of_turn", 1, probability=0.9))
+    await asyncio.wait_for(died.wait(), 5)
+    await conv.close()
+    llm2 = ContinuingLlmDouble(FOUR, token_s=0.02)
+    conv2 = new_conv(store, llm2, edge, holder)
+    await conv2.start(resumed=True)
+    await asyncio.sleep(20)
+    assert len(llm2.calls) == 1 and llm2.calls[0]["assistant_prefix"] == CLAUSES[0]
+    assert edge.said() == CLAUSES
+    hist = await store.history("s1")
+    assert [(m["role"], m["content"]) for m in hist] == [("user", "Where is my order?"), ("assistant", FOUR)]
+
+
 async def test_a_continuation_that_ends_at_once_leaves_the_recorded_clauses_as_the_reply():
     """The predecessor died after recording the reply's last clause, before its
     commit: the continuation is empty (end of turn at once), and the recorded

@@ -583,7 +583,13 @@ class Conversation:
             await self.store.begin_reply(self.sid, reply.turn_id, epoch=self.epoch)
         if spec is not None:
             if spec.provisional is not None:
-                # Its first clause is synthesized already: play it now.
+                # Its first clause is synthesized already: play it now. Recorded
+                # first, like every clause: a successor that takes over before
+                # `say` reaches it continues after it, instead of answering from
+                # the start with a first clause the edge would ignore (it has
+                # one) and history would hold unheard.
+                reply.clauses[0] = spec.provisional
+                await self.store.set_reply(self.sid, reply.turn_id, {"c:0": spec.provisional}, epoch=self.epoch)
                 await self.send(opb.AgentCommand(reply_committed=opb.ReplyCommitted(turn_id=reply.turn_id)))
             await spec.routed.wait()
             if spec.error is not None and not spec.pieces:
