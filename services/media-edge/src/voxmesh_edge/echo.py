@@ -17,6 +17,8 @@ RATE = 16000
 
 
 class EchoGuard:
+    MIN_REF_RMS = 32.0  # int16 units, ~-60 dBFS: quieter played audio is not compared
+
     def __init__(self, history_s: float = 2.0, max_delay_s: float = 0.6, threshold: float = 0.55) -> None:
         # A ring buffer: played() runs on every output tick of every session, so
         # it writes 320 samples in place (np.roll copied all 2 s of history per
@@ -56,18 +58,28 @@ class EchoGuard:
         any delay in [0, max_delay]: 1.0 is a perfect (scaled) copy."""
         if mic16.size < RATE // 20 or not self.recently_audible():
             return 0.0
-        mic = mic16.astype(np.float32)
+        # float64 throughout: numpy 2 keeps float32 FFTs in float32, and their
+        # rounding noise (~1e-7 of the whole signal) divided by the energy of a
+        # near-silent stretch of the played history (a pause, the silence
+        # before a reply) gave "similarities" of 30-100: every onset after a
+        # pause was taken for echo.
+        mic = mic16.astype(np.float64)
         mic = mic - mic.mean()
         L = mic.size
-        ref = self._ref[-(L + self.max_delay) :]
+        ref = self._ref[-(L + self.max_delay) :].astype(np.float64)
         if ref.size < L or not ref.any():
             return 0.0
         n = 1 << int(np.ceil(np.log2(ref.size + L)))
         corr = np.fft.irfft(np.fft.rfft(ref, n) * np.conj(np.fft.rfft(mic, n)), n)[: ref.size - L + 1]
-        csum = np.concatenate([[0.0], np.cumsum(ref.astype(np.float64) ** 2)])
-        win_energy = csum[L:] - csum[:-L]
-        denom = np.sqrt(np.maximum(win_energy[: corr.size], 1e-9) * float(np.dot(mic, mic)) + 1e-9)
-        return float(np.max(np.abs(corr) / denom))
+        csum = np.concatenate([[0.0], np.cumsum(ref**2)])
+        win_energy = (csum[L:] - csum[:-L])[: corr.size]
+        # Delays at which what was played is (near) silence cannot be the echo
+        # of anything: below ~-60 dBFS the ratio is noise over noise.
+        audible = win_energy > L * self.MIN_REF_RMS**2
+        if not audible.any():
+            return 0.0
+        denom = np.sqrt(win_energy[audible] * float(np.dot(mic, mic)) + 1e-9)
+        return float(min(1.0, np.max(np.abs(corr[audible]) / denom)))
 
     def is_echo(self, mic16: np.ndarray) -> bool:
         return self.similarity(mic16) >= self.threshold
