@@ -63,11 +63,19 @@ def main() -> None:
 
         before = scrape(stack.metrics_urls)
         stops, wers = [], []
+        n_resumed = 0
         for i in range(args.runs):
             out = work / f"reply{i}.wav"
             r = asyncio.run(call(str(q), url=stack.edge_url, out=str(out), barge_in=str(stop), barge_in_after_ms=args.after_ms, timeout=90))
             cut = [m for m in (r["history"] or []) if m["role"] == "assistant" and m.get("interrupted")]
-            line = f"run {i + 1}: bargein_stop_ms={r['bargein_stop_ms']} interrupted={bool(r['interrupted'])}"
+            # A Resume before the Interrupt (no words from stt within the
+            # orchestrator's false_interruption_timeout_ms) means the agent
+            # played on after the first stop: the history then rightly holds more
+            # than the recording up to that stop, and the cut's word error below
+            # says so.
+            resumed = any(e["type"] == "resumed" for e in r["events"])
+            n_resumed += resumed
+            line = f"run {i + 1}: bargein_stop_ms={r['bargein_stop_ms']} interrupted={bool(r['interrupted'])} resumed_first={resumed}"
             if r["bargein_stop_ms"] is not None:
                 stops.append(r["bargein_stop_ms"])
             if cut:
@@ -86,6 +94,7 @@ def main() -> None:
             print(f"\nat the edge (speech onset -> agent audio stopped, voxmesh_bargein_stop_seconds): mean {server * 1000:.0f} ms")
         if stops:
             print(f"bargein_stop_ms over {len(stops)} runs: p50 {pct(stops, 50):.0f} ms, p95 {pct(stops, 95):.0f} ms (target p95 <= 120 ms)")
+        print(f"runs where the orchestrator resumed the agent before interrupting it: {n_resumed} of {args.runs}")
         if wers:
             print(f"word error of the cut (history vs client recording): mean {statistics.mean(wers):.2f}, p95 {pct(wers, 95):.2f}")
     finally:
