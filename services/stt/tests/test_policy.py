@@ -45,6 +45,8 @@ def test_trailing_digit_count_however_whisper_writes_the_number():
     for text in ("Where is my order 4219.", "where is my order 4 2 1 9", "It is 42-19.", "my order four two one nine",
                  "my order for two one nine", "forty two nineteen", "the code is 42, 19"):
         assert trailing_digit_count(text) == 4, text
+    assert trailing_digit_count("Where is my order for to one nine") == 4  # what tiny.en hears on espeak
+    assert trailing_digit_count("I went to for") is None  # homophones alone are words
     assert trailing_digit_count("my phone is 555 1234") == 7
     assert trailing_digit_count("my order number is four two") == 2
     assert trailing_digit_count("I paid for 4219") == 4  # "for" before a numeral is a preposition
@@ -61,6 +63,12 @@ def test_a_number_complete_for_the_agent_is_judged_like_a_sentence():
     assert judge(0.9, "Where is my order 4219.", **KW).required_silence_ms == 2000
     doubted = judge(0.01, "Where is my order 4219.", complete_digit_counts=(4,), **KW).required_silence_ms
     assert 200 < doubted <= 500  # the audio model's doubt, with the weight of a closed sentence
+    # a question that ends in the number: the count decides, not the flat "?" Smart Turn doubts
+    assert text_kind("Where is my order for to one nine?", (4,)) == "number"
+    assert text_kind("Where is my order for to one nine?") == "final"
+    asked = judge(0.01, "Where is my order for to one nine?", complete_digit_counts=(4,), **KW).required_silence_ms
+    assert asked == doubted
+    assert judge(0.01, "Where is my order for to one nine?", **KW).required_silence_ms > 1000
 
 
 def test_an_uncertain_last_word_is_no_evidence_of_a_complete_turn():

@@ -47,7 +47,8 @@ _TWO_DIGIT_WORDS = frozenset(
 )
 _TENS_WORDS = frozenset("twenty thirty forty fifty sixty seventy eighty ninety".split())
 # Words Whisper writes for a digit it heard as another word ("for two one nine",
-# "oh one six"); one counts as a digit only right before a spoken digit word.
+# "oh one six", "for to one nine"); one counts as a digit only right before a
+# spoken digit word or another such homophone that does.
 _DIGIT_HOMOPHONES = frozenset("for to too won ate oh o".split())
 _SEPARATORS = ".,?!;:\"'()"
 
@@ -89,7 +90,8 @@ def trailing_digit_count(text: str) -> int | None:
         elif word in _TENS_WORDS:
             count += 1 if after == "unit" else 2  # "forty two" is two digits, "forty" too
             kind = "tens"
-        elif word in _DIGIT_HOMOPHONES and after == "unit" and not punct:
+        elif word in _DIGIT_HOMOPHONES and after in ("unit", "homophone") and not punct:
+            # "for to one nine": a run of homophones counts when it leads into spoken digits
             count += 1
             kind = "homophone"
         elif word in ("hundred", "thousand", "million", "point") and count:
@@ -120,12 +122,14 @@ def text_kind(text: str, complete_digit_counts: tuple[int, ...] = ()) -> str:
     if last.isdigit() or any(ch.isdigit() for ch in last) or spoken_number:
         # "...four two one nine?" is a question about the number; "...is 4." is
         # often a number still being read (Whisper closes it with a period anyway).
-        if t.endswith("?"):
-            return "final"
         # Unless the agent says a number of this length is complete (its order
-        # numbers have 4 digits): then the digits say the turn may be over.
+        # numbers have 4 digits): then the digits say the turn may be over, with
+        # or without the "?" (Smart Turn hears a flat question ending in a digit
+        # list as unfinished; the digit count is the better evidence).
         if complete_digit_counts and trailing_digit_count(t) in complete_digit_counts:
             return "number"
+        if t.endswith("?"):
+            return "final"
         return "digits"
     if closed:
         return "final"
