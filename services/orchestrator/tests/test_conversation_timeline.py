@@ -90,11 +90,29 @@ async def test_false_interruption_resumes_and_loses_no_audio():
     await asyncio.sleep(0.5)
     edge.pause()
     await conv.handle(speech("speech_started", 2))
-    await asyncio.sleep(2.0)  # no words within the 1.5 s timeout
+    await asyncio.sleep(0.3)  # a cough
+    await conv.handle(speech("speech_stopped", 2))
+    await asyncio.sleep(1.4)  # quiet, but not yet for the 1.5 s timeout
+    assert "resume" not in edge.kinds()
+    await asyncio.sleep(0.2)  # no words within 1.5 s of the end of the sound
     assert "resume" in edge.kinds() and "interrupt" not in edge.kinds()
     await asyncio.sleep(15)
     hist = await store.history("s1")
     assert hist[-1]["content"] == FOUR_CLAUSES and not hist[-1].get("interrupted")
+
+
+async def test_an_interruption_still_being_spoken_is_not_talked_over_while_its_words_are_late():
+    conv, store, llm, edge = await setup()
+    await user_says(conv, 1, "Hello there")
+    await asyncio.sleep(0.5)
+    edge.pause()
+    await conv.handle(speech("speech_started", 2))
+    await asyncio.sleep(3.0)  # the user talks on; stt's first words are slow
+    assert "resume" not in edge.kinds()
+    await conv.handle(speech("interim", 2, text="no wait I meant"))
+    assert "interrupt" in edge.kinds() and "resume" not in edge.kinds()
+    hist = await store.history("s1")
+    assert hist[-1]["role"] == "assistant" and hist[-1]["interrupted"]
 
 
 async def test_backchannel_is_recorded_not_an_interruption():

@@ -171,6 +171,7 @@ class Conversation:
         # A side-effecting call waiting for the caller's yes: (tool, call).
         self._pending: tuple[Tool, ToolCall] | None = None
         self._user_speaking = False
+        self._speech_stopped_at = 0.0  # loop time of the last SpeechStopped (false-alarm timer)
         # Fencing epoch from take_over: every commit carries it, so a replica
         # that lost the session to a newer stream cannot write.
         self.epoch: int | None = None
@@ -288,6 +289,7 @@ class Conversation:
             self._on_speech_started(ev.speech_started.utterance_id)
         elif kind == "speech_stopped":
             self._user_speaking = False
+            self._speech_stopped_at = asyncio.get_running_loop().time()
         elif kind == "interim":
             self.prefetch(ev.interim.text)
             if not self._user_speaking and self._bargein is None:
@@ -328,9 +330,26 @@ class Conversation:
             await self._interrupt("confirmed")
 
     async def _false_alarm_after(self, timeout: float, turn_id: str) -> None:
-        await asyncio.sleep(timeout)
-        if self._bargein is not None and self._bargein["turn_id"] == turn_id:
-            await self._resume("false")
+        """Resume once the user has been quiet for `timeout` with no words, as
+        LiveKit's false-interruption timeout does. Counted from the end of the
+        speech, not its onset: a real interruption still being spoken must not be
+        talked over while its words are on their way (stt's first words can take
+        longer than the timeout on a loaded box)."""
+        loop = asyncio.get_running_loop()
+        wait = timeout
+        while True:
+            await asyncio.sleep(wait)
+            b = self._bargein
+            if b is None or b["turn_id"] != turn_id:
+                return
+            if self._user_speaking:
+                wait = timeout
+                continue
+            quiet = loop.time() - self._speech_stopped_at
+            if quiet >= timeout - 1e-3:
+                await self._resume("false")
+                return
+            wait = timeout - quiet
 
     async def _resume(self, kind: str) -> None:
         b, self._bargein = self._bargein, None

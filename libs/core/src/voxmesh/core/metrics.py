@@ -90,7 +90,7 @@ _SECTIONS = [
 # Label values every dashboard and alert expects to see from the start, so a
 # rate() over them is 0 rather than absent before the first event.
 _KNOWN_LABELS: dict[str, tuple[tuple[str, ...], ...]] = {
-    "voxmesh_interruptions_total": (("confirmed",), ("false",), ("backchannel",), ("echo",)),
+    "voxmesh_interruptions_total": (("confirmed",), ("false",), ("backchannel",), ("echo",), ("edge_false",)),
     "voxmesh_session_recoveries_total": (("orchestrator",), ("stt",), ("edge",)),
     "voxmesh_recovery_seconds": (("orchestrator",), ("stt",), ("edge",)),
 }
