@@ -46,7 +46,7 @@ sys.path.insert(0, str(HERE))
 
 from doubles import STT_RATE, TTS_RATE, serve_doubles  # noqa: E402
 
-from voxmesh.testing.servers import free_port, redis_server, wait_for_port  # noqa: E402
+from voxmesh.testing.servers import free_port, redis_server, stop_process, wait_for_port  # noqa: E402
 
 RATE = 48000
 FRAME = 960
@@ -322,11 +322,7 @@ async def run_one(n: int, args, redis_url: str, doubles_port: int, stt, loop_pat
         for p, _ in clients:
             if p.poll() is None:
                 p.kill()
-        edge.terminate()
-        try:
-            edge.wait(15)
-        except subprocess.TimeoutExpired:
-            edge.kill()
+        stop_process(edge)
     row = analyse(n, results, stt, m0, m1, c1 - c0, t0, t1)
     row["edge_threads_user+sys"] = cpu_split(th0, th1, t1 - t0)
     row["edge_waiting_for_cpu_pct"] = round(100 * (rd1 - rd0) / (t1 - t0), 1)

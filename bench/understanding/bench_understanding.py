@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 import grpc
 import numpy as np
 
-from voxmesh.testing.servers import child_env, free_port, wait_for_grpc_health
+from voxmesh.testing.servers import child_env, free_port, stop_process, wait_for_grpc_health
 from voxmesh.testing.speech import read_pcm16, say_to_wav, word_error_rate
 from voxmesh.v1 import stt_pb2, stt_pb2_grpc
 
@@ -266,11 +266,7 @@ async def run_policy(policy: str, utts: list[Utterance], concurrency: int, smart
         wall = time.monotonic() - wall0
         decodes = decode_means(f"http://127.0.0.1:{mport}/metrics")
     finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_process(proc)
         if server_log:
             log.close()
     audio_s = sum(r.utt.pcm.size / SR + 2.8 for r in results)

@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 import chartlib
+from voxmesh.testing.servers import stop_process
 from test_metrics_live import PROMPT, scrape_all
 
 pytestmark = [pytest.mark.e2e, pytest.mark.chart]
@@ -75,12 +76,7 @@ def prometheus(request, tmp_path):
         _wait("Prometheus ready", lambda: proc.poll() is None and _get(f"{base}/-/ready"), 60)
         yield stack, base
     finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        stop_process(proc)
         log.close()
 
 

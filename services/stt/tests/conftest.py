@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from voxmesh.testing.servers import child_env, free_port, wait_for_grpc_health
+from voxmesh.testing.servers import child_env, free_port, stop_process, wait_for_grpc_health
 
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))  # tests/support.py
@@ -40,12 +40,7 @@ def stt_server(smart_turn_path, tmp_path_factory):
         wait_for_grpc_health(f"127.0.0.1:{port}", timeout=90, proc=proc)
         yield {"target": f"127.0.0.1:{port}", "metrics": f"http://127.0.0.1:{metrics_port}/metrics", "proc": proc, "log": log.name}
     finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
         log.close()
 
 

@@ -49,6 +49,18 @@ def wait_for_grpc_health(target: str, timeout: float = 60.0, proc: subprocess.Po
     raise TimeoutError(f"{target} not healthy within {timeout}s")
 
 
+def stop_process(proc: subprocess.Popen, grace: float = 15.0) -> None:
+    """SIGTERM, then SIGKILL if it is still running after `grace` seconds; reaped."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 @contextlib.contextmanager
 def redis_server(workdir: pathlib.Path, port: int | None = None, appendonly: bool = True) -> Iterator[str]:
     """A real redis-server on loopback; yields its URL."""
@@ -64,11 +76,7 @@ def redis_server(workdir: pathlib.Path, port: int | None = None, appendonly: boo
         wait_for_port(port, proc=proc)
         yield f"redis://127.0.0.1:{port}/0"
     finally:
-        proc.terminate()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(5)
-        if proc.poll() is None:
-            proc.kill()
+        stop_process(proc, grace=5)
 
 
 def child_env(**extra: str) -> dict[str, str]:
