@@ -101,3 +101,8 @@ def test_decoder_confidence_of_the_last_words(sentence):
     beam = asr.decode(sentence, beam_size=2)
     assert beam.tail and all(0.0 < p <= 1.0 for _, p in beam.tail)
     assert asr.decode(np.zeros(16000, np.float32)).tail == ()  # no words, nothing to describe
+    # interims do not ask for it (same text, no logits copied)
+    plan = asr.plan(sentence)
+    encoded, encode_s = asr.encode(plan)
+    plain = asr.finish(plan, encoded, encode_s, confidence=False)
+    assert plain.text == greedy.text and plain.tail == ()

@@ -73,7 +73,6 @@ class DecodeResult:
     # be trusted ("about um" heard as "about him?": "him" at 0.43). Empty when
     # not known (beam search without an alignment pass, or no words).
     tail: tuple[tuple[str, float], ...] = ()
-    looped: bool = False  # the text looked like a loop and was cut (interims)
 
 
 @dataclass(frozen=True)
@@ -207,11 +206,15 @@ class WhisperAsr:
         sv = ctranslate2.StorageView.from_array(np.ascontiguousarray(feats[None], dtype=np.float32))
         return self.model.encode(sv, to_cpu=False), time.perf_counter() - t0
 
-    def _generate(self, plan: "Plan", encoded: Any, beam_size: int) -> tuple[list[int], float, float, bool, list[float] | None]:
+    def _generate(
+        self, plan: "Plan", encoded: Any, beam_size: int, confidence: bool = True
+    ) -> tuple[list[int], float, float, bool, list[float] | None]:
         """(text token ids, no-speech probability, mean log-prob, hit the length
         bound, probability of each id or None). Greedy search returns the logits of
-        every step for free; CTranslate2 does not give them for beam search, where
-        the probabilities come from one teacher-forced alignment pass instead."""
+        every step; CTranslate2 does not give them for beam search, where the
+        probabilities come from one teacher-forced alignment pass instead. Without
+        `confidence` neither is asked for (None): copying a vocabulary of logits per
+        step costs the search ~5 % for a figure only the end of turn reads."""
         greedy = beam_size <= 1
         out = self.model.generate(
             encoded,
@@ -220,27 +223,30 @@ class WhisperAsr:
             max_length=plan.max_length,
             return_no_speech_prob=True,
             return_scores=True,
-            return_logits_vocab=greedy,
+            return_logits_vocab=greedy and confidence,
             suppress_blank=not plan.prefix_tokens,
             suppress_tokens=[-1],
         )[0]
         ids = [t for t in out.sequences_ids[0] if t < self.eot]
         hit_bound = len(self.prompt) + len(out.sequences_ids[0]) >= plan.max_length - 1
-        probs: list[float] | None = None
+        probs = self._token_probs(plan, encoded, out, ids, greedy) if confidence else None
+        # scores: sum of token log-probs / length (length_penalty 1).
+        return ids, float(out.no_speech_prob), float(out.scores[0]) if out.scores else 0.0, hit_bound, probs
+
+    def _token_probs(self, plan: "Plan", encoded: Any, out: Any, ids: list[int], greedy: bool) -> list[float] | None:
+        """The probability of each of `ids`, or None when it cannot be had."""
         try:
             if greedy and out.logits and len(out.logits[0]) >= len(ids):
                 steps = out.logits[0]
-                probs = [math.exp(_log_softmax_at(np.asarray(steps[k]), tok)) for k, tok in enumerate(ids)]
-            elif ids:
+                return [math.exp(_log_softmax_at(np.asarray(steps[k]), tok)) for k, tok in enumerate(ids)]
+            if ids:
                 frames = int(plan.audio.size // 160)
                 aligned = self.model.align(encoded, self.prompt, [ids], [max(1, frames)])[0]
                 probs = [float(p) for p in aligned.text_token_probs]
-                probs = probs if len(probs) == len(ids) else None
+                return probs if len(probs) == len(ids) else None
         except Exception:  # the confidence is an extra: never fail a decode over it
             log.debug("token probabilities unavailable", exc_info=True)
-            probs = None
-        # scores: sum of token log-probs / length (length_penalty 1).
-        return ids, float(out.no_speech_prob), float(out.scores[0]) if out.scores else 0.0, hit_bound, probs
+        return None
 
     def _tail(self, ids: list[int], probs: list[float] | None) -> tuple[tuple[str, float], ...]:
         """The last TAIL_WORDS words of `ids` with the lowest probability of their
@@ -261,23 +267,26 @@ class WhisperAsr:
                              min(low, prob) if wordy else low)
         return tuple((w, round(p, 4)) for w, p in words[-TAIL_WORDS:])
 
-    def finish(self, plan: "Plan", encoded: Any, encode_s: float, *, beam_size: int = 1, redo_loops: bool = True) -> DecodeResult:
+    def finish(
+        self, plan: "Plan", encoded: Any, encode_s: float, *, beam_size: int = 1, redo_loops: bool = True,
+        confidence: bool = True,
+    ) -> DecodeResult:
         """Search on an encoder output. A result that looks like a loop is redone on
         the full window when `redo_loops` (finals), else cut where the repetition
-        starts (interims: cheap, and the next interim decodes again anyway)."""
+        starts (interims: cheap, and the next interim decodes again anyway).
+        `confidence`: fill DecodeResult.tail (the end-of-turn policy reads it)."""
         t0 = time.perf_counter()
-        ids, no_speech, logprob, hit_bound, probs = self._generate(plan, encoded, beam_size)
+        ids, no_speech, logprob, hit_bound, probs = self._generate(plan, encoded, beam_size, confidence)
         text = self._text(ids, plan.prefix_tokens)
         window, fallback = plan.window_s, False
         if redo_loops and window < FULL_WINDOW_S and (hit_bound or looks_looped(text)):
             # Looks like a repetition loop: the short window is the likely cause.
             fallback, window = True, FULL_WINDOW_S
             encoded, _ = self.encode(plan, window)
-            ids, no_speech, logprob, hit_bound, probs = self._generate(plan, encoded, beam_size)
+            ids, no_speech, logprob, hit_bound, probs = self._generate(plan, encoded, beam_size, confidence)
             text = self._text(ids, plan.prefix_tokens)
         tail = self._tail(ids, probs)
-        looped = looks_looped(text)
-        if looped:
+        if looks_looped(text):
             text = cut_repeat(text)
             if plan.prefix and not text.startswith(plan.prefix):
                 text = plan.prefix
@@ -288,7 +297,7 @@ class WhisperAsr:
             text, tail = "", ()
         seconds = encode_s + time.perf_counter() - t0
         return DecodeResult(
-            text=text, seconds=seconds, window_s=window, fallback=fallback, no_speech_prob=no_speech, tail=tail, looped=looped
+            text=text, seconds=seconds, window_s=window, fallback=fallback, no_speech_prob=no_speech, tail=tail
         )
 
     def decode(

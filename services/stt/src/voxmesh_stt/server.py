@@ -77,10 +77,12 @@ class Engine:
         # awaiting task also drops a job that has not started.
         encoded, encode_s = await asyncio.wrap_future(self.scheduler.submit(prio, lambda: asr.encode(plan)))
         result = await asyncio.wrap_future(
-            self.scheduler.submit(prio, lambda: asr.finish(plan, encoded, encode_s, beam_size=beam, redo_loops=not interim))
+            # Interims are shown, not judged: only pause decodes need the tail's confidence.
+            self.scheduler.submit(prio, lambda: asr.finish(plan, encoded, encode_s, beam_size=beam, redo_loops=not interim,
+                                                           confidence=not interim))
         )
         metric("voxmesh_stt_decode_seconds").labels(kind).observe(result.seconds)
-        return Transcript(result.text, result.seconds, result.tail, result.looped)
+        return Transcript(result.text, result.seconds, result.tail)
 
     def turn_fn(self):
         if self.turn_model is None:

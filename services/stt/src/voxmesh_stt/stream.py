@@ -140,8 +140,6 @@ class Transcript:
     seconds: float
     # (word, decoder probability) of the last words, oldest first; empty: unknown.
     tail: tuple[tuple[str, float], ...] = ()
-    # The decode looked like a loop and was cut (interims are not redone).
-    looped: bool = False
 
     @property
     def tail_prob(self) -> float:
