@@ -361,24 +361,24 @@ def report(s: dict, verbose: bool = False) -> None:
           f"({', '.join(f'{k} {v}' for k, v in s['false_cutoff_counts'].items())})")
     print(f"held to max wait           {s['late_rate']:.1%}")
     print(f"CPU per stream             {s['cpu_per_stream']:.2f} cores ({s['cpu_seconds']:.1f} CPU s / {s['audio_seconds']:.0f} audio s)")
-    print(f"decode mean s (count)      " + ", ".join(f"{k} {v:.3f} ({s['decode_count'][k]})" for k, v in s["decode_mean_s"].items()))
+    print("decode mean s (count)      " + ", ".join(f"{k} {v:.3f} ({s['decode_count'][k]})" for k, v in s["decode_mean_s"].items()))
+    _details(s, verbose)
+    more = s.get("pauses2")
+    if more:
+        print(f"-- extra pause set (pauses2, {more['utterances']} utterances, not in the figures above)")
+        print(f"   WER {more['wer']:.3f}  false cut-offs {more['false_cutoff_pauses']:.1%} ({more['false_cutoff_counts']['pauses2']})"
+              f"  held to max wait {more['late_rate']:.1%}  EOT p50 {ms(more['eou_p50'])} ms")
+        _details(more, verbose)
+
+
+def _details(s: dict, verbose: bool) -> None:
+    """The utterances that were cut, and with `verbose` every utterance's ends of turn."""
     for name, reasons, finals in s["cutoffs"]:
         print(f"  cut: {name} {reasons} {finals}")
     if verbose:
         for u in s["per_utterance"]:
             eots = " ".join(f"{r}(p={p:.2f},{d * 1000:+.0f}ms)" for r, p, d in u["eot"])
             print(f"  {u['name']:24s} {eots:40s} {u['finals']}")
-    more = s.get("pauses2")
-    if more:
-        print(f"-- extra pause set (pauses2, {more['utterances']} utterances, not in the figures above)")
-        print(f"   WER {more['wer']:.3f}  false cut-offs {more['false_cutoff_pauses']:.1%} ({more['false_cutoff_counts']['pauses2']})"
-              f"  held to max wait {more['late_rate']:.1%}  EOT p50 {ms(more['eou_p50'])} ms")
-        for name, reasons, finals in more["cutoffs"]:
-            print(f"  cut: {name} {reasons} {finals}")
-        if verbose:
-            for u in more["per_utterance"]:
-                eots = " ".join(f"{r}(p={p:.2f},{d * 1000:+.0f}ms)" for r, p, d in u["eot"])
-                print(f"  {u['name']:24s} {eots:40s} {u['finals']}")
 
 
 def main() -> None:

@@ -50,6 +50,26 @@ def long_system_prompt(words: int = 240) -> str:
     return f"Session {uuid.uuid4().hex[:8]}. You are a friendly restaurant booking assistant. {rules}"
 
 
+async def cancel_after_ten_chunks(llm_stub, request: llm_pb2.GenerateRequest) -> tuple[float, list]:
+    """Read 10 chunks of `request`, cancel the call, and wait for the backend to
+    measure the cancel (voxmesh_llm_cancel_seconds, exactly one observation).
+    Returns (that latency in seconds, the chunks read)."""
+    count0 = sample("voxmesh_llm_cancel_seconds_count")
+    sum0 = sample("voxmesh_llm_cancel_seconds_sum")
+    call = llm_stub.Generate(request)
+    chunks = []
+    async for c in call:
+        chunks.append(c)
+        if len(chunks) == 10:
+            break
+    call.cancel()
+    deadline = time.monotonic() + 5
+    while sample("voxmesh_llm_cancel_seconds_count") == count0 and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    assert sample("voxmesh_llm_cancel_seconds_count") == count0 + 1
+    return sample("voxmesh_llm_cancel_seconds_sum") - sum0, chunks
+
+
 async def test_reply_streams_in_several_chunks(llm_stub):
     chunks = [
         c
@@ -72,23 +92,10 @@ async def test_cancel_stops_generation_within_100ms(llm_stub, llama_backend):
     """Server side: the engine stops within 100 ms of the caller's cancel (the backend
     measures it into voxmesh_llm_cancel_seconds). Client side: the next request is not
     stuck behind the cancelled one."""
-    count0 = sample("voxmesh_llm_cancel_seconds_count")
-    sum0 = sample("voxmesh_llm_cancel_seconds_sum")
     tokens0 = sample("voxmesh_llm_tokens_total")
-    call = llm_stub.Generate(
-        llm_pb2.GenerateRequest(max_tokens=3000, grammar=ENDLESS, messages=msgs(("user", "Sing.")))
+    latency, _ = await cancel_after_ten_chunks(
+        llm_stub, llm_pb2.GenerateRequest(max_tokens=3000, grammar=ENDLESS, messages=msgs(("user", "Sing.")))
     )
-    got = 0
-    async for c in call:
-        got += 1
-        if got == 10:
-            break
-    call.cancel()
-    deadline = time.monotonic() + 5
-    while sample("voxmesh_llm_cancel_seconds_count") == count0 and time.monotonic() < deadline:
-        await asyncio.sleep(0.01)
-    assert sample("voxmesh_llm_cancel_seconds_count") == count0 + 1
-    latency = sample("voxmesh_llm_cancel_seconds_sum") - sum0
     assert latency < 0.1, latency
     # It stopped decoding: no more tokens are counted afterwards.
     stopped_tokens = sample("voxmesh_llm_tokens_total")
@@ -210,22 +217,10 @@ def _norm(text: str) -> str:
 async def test_a_continuation_is_cancelled_like_any_request(llm_stub, llama_backend):
     """Cancelling a continuation stops the engine within 100 ms, while it
     decodes and while it evaluates a long prefix."""
-    count0 = sample("voxmesh_llm_cancel_seconds_count")
-    sum0 = sample("voxmesh_llm_cancel_seconds_sum")
-    call = llm_stub.Generate(llm_pb2.GenerateRequest(
+    latency, chunks = await cancel_after_ten_chunks(llm_stub, llm_pb2.GenerateRequest(
         max_tokens=3000, grammar=ENDLESS, assistant_prefix="la la la", messages=msgs(("user", "Sing."))))
-    got = 0
-    async for c in call:
-        assert c.continued
-        got += 1
-        if got == 10:
-            break
-    call.cancel()
-    deadline = time.monotonic() + 5
-    while sample("voxmesh_llm_cancel_seconds_count") == count0 and time.monotonic() < deadline:
-        await asyncio.sleep(0.01)
-    assert sample("voxmesh_llm_cancel_seconds_count") == count0 + 1
-    assert sample("voxmesh_llm_cancel_seconds_sum") - sum0 < 0.1
+    assert chunks and all(c.continued for c in chunks)
+    assert latency < 0.1, latency
 
     # a long prefix: the cancel lands during its prefill
     params = GenerateParams(

@@ -35,6 +35,13 @@ async def user_says(conv, utt: int, text: str) -> None:
     await conv.handle(speech("end_of_turn", utt, probability=0.9))
 
 
+async def user_speaks_over_reply(conv, edge, utt: int = 2) -> None:
+    """The user starts talking over the agent: the edge pauses by itself, stt's
+    SpeechStarted follows."""
+    edge.pause()
+    await conv.handle(speech("speech_started", utt))
+
+
 async def test_committed_turn_is_answered_in_clauses_and_stored():
     conv, store, llm, edge = await setup()
     await user_says(conv, 1, "Hello there")
@@ -56,8 +63,7 @@ async def test_interrupt_650ms_into_reply_keeps_exactly_the_heard_prefix():
     while not any(c.WhichOneof("command") == "say" for c in edge.commands):
         await asyncio.sleep(0.01)
     await asyncio.sleep(edge.synth_s + 0.65)
-    edge.pause()  # the edge pauses by itself on speech start
-    await conv.handle(speech("speech_started", 2))
+    await user_speaks_over_reply(conv, edge)
     await conv.handle(speech("interim", 2, text="wait stop"))
     assert "interrupt" in edge.kinds()
     hist = await store.history("s1")
@@ -88,8 +94,7 @@ async def test_false_interruption_resumes_and_loses_no_audio():
     conv, store, llm, edge = await setup()
     await user_says(conv, 1, "Hello there")
     await asyncio.sleep(0.5)
-    edge.pause()
-    await conv.handle(speech("speech_started", 2))
+    await user_speaks_over_reply(conv, edge)
     await asyncio.sleep(0.3)  # a cough
     await conv.handle(speech("speech_stopped", 2))
     await asyncio.sleep(1.4)  # quiet, but not yet for the 1.5 s timeout
@@ -105,8 +110,7 @@ async def test_an_interruption_still_being_spoken_is_not_talked_over_while_its_w
     conv, store, llm, edge = await setup()
     await user_says(conv, 1, "Hello there")
     await asyncio.sleep(0.5)
-    edge.pause()
-    await conv.handle(speech("speech_started", 2))
+    await user_speaks_over_reply(conv, edge)
     await asyncio.sleep(3.0)  # the user talks on; stt's first words are slow
     assert "resume" not in edge.kinds()
     await conv.handle(speech("interim", 2, text="no wait I meant"))
@@ -119,8 +123,7 @@ async def test_backchannel_is_recorded_not_an_interruption():
     conv, store, llm, edge = await setup()
     await user_says(conv, 1, "Hello there")
     await asyncio.sleep(0.5)
-    edge.pause()
-    await conv.handle(speech("speech_started", 2))
+    await user_speaks_over_reply(conv, edge)
     await conv.handle(speech("interim", 2, text="mm-hm"))
     await conv.handle(speech("final", 2, text="Mm-hm."))
     await conv.handle(speech("end_of_turn", 2))
@@ -135,8 +138,7 @@ async def test_interrupt_during_an_interrupt_is_handled_once_and_new_turn_answer
     conv, store, llm, edge = await setup()
     await user_says(conv, 1, "Hello there")
     await asyncio.sleep(1.0)
-    edge.pause()
-    await conv.handle(speech("speech_started", 2))
+    await user_speaks_over_reply(conv, edge)
     await conv.handle(speech("interim", 2, text="no wait"))
     await conv.handle(speech("interim", 2, text="no wait I"))  # second confirm: no-op
     await conv.handle(speech("speech_started", 2))  # the user pauses and talks again
@@ -164,8 +166,7 @@ async def test_completed_tool_call_survives_interruption_and_is_not_repeated():
     tool.handler = counting
     await user_says(conv, 1, "Where is my order 4219?")
     await asyncio.sleep(1.0)
-    edge.pause()
-    await conv.handle(speech("speech_started", 2))
+    await user_speaks_over_reply(conv, edge)
     await conv.handle(speech("interim", 2, text="sorry what"))
     await user_says(conv, 3, "Sorry, where is order 4219 again?")
     await asyncio.sleep(15)

@@ -97,6 +97,25 @@ async def wait_for(cond, limit: float = 30.0) -> None:
         await asyncio.sleep(0.01)
 
 
+async def die_after_two_clauses(llm2) -> tuple:
+    """A replica answers "Where is my order?" with FOUR and dies once two clauses
+    are said (the rest never generated); a successor with `llm2` takes the
+    session over and gets 20 s. Returns (store, edge, first llm, successor)."""
+    store, holder = InMemorySessionStoreDouble(), {}
+    edge = ResumingEdge(holder)
+    llm = ScriptedLlmDouble(FOUR, token_s=0.3)
+    conv = new_conv(store, llm, edge, holder)
+    await conv.start(resumed=False)
+    await user_says(conv, 1, "Where is my order?")
+    await wait_for(lambda: len(says(edge)) == 2)
+    await conv.close()
+    assert not await store.is_committed("s1", "a1")
+    conv2 = new_conv(store, llm2, edge, holder)
+    await conv2.start(resumed=True)
+    await asyncio.sleep(20)
+    return store, edge, llm, conv2
+
+
 @pytest.mark.parametrize("before_death", [
     ["speech_started", "interim"],  # the user was speaking
     ["speech_started", "final", "end_of_turn_lost"],  # EndOfTurn sent, never committed
@@ -149,19 +168,8 @@ async def test_turn_committed_before_any_clause_is_answered_once_by_the_successo
 
 
 async def test_reply_cut_mid_generation_is_continued_not_repeated():
-    store, holder = InMemorySessionStoreDouble(), {}
-    edge = ResumingEdge(holder)
-    llm = ScriptedLlmDouble(FOUR, token_s=0.3)
-    conv = new_conv(store, llm, edge, holder)
-    await conv.start(resumed=False)
-    await user_says(conv, 1, "Where is my order?")
-    await wait_for(lambda: len(says(edge)) == 2)
-    await conv.close()  # two clauses said (the edge is playing them), the rest never generated
-    assert not await store.is_committed("s1", "a1")
     llm2 = ContinuingLlmDouble(FOUR, token_s=0.02)
-    conv2 = new_conv(store, llm2, edge, holder)
-    await conv2.start(resumed=True)
-    await asyncio.sleep(20)
+    store, edge, llm, conv2 = await die_after_two_clauses(llm2)
     # every clause played once, in order: the successor sent only clauses 2 and 3
     assert [t for _, _, t in edge.played_says] == CLAUSES
     assert [(tid, cid) for tid, cid, _ in edge.played_says] == [("a1", 0), ("a1", 1), ("a1", 2), ("a1", 3)]
@@ -217,17 +225,8 @@ async def test_a_continuation_that_ends_at_once_leaves_the_recorded_clauses_as_t
     """The predecessor died after recording the reply's last clause, before its
     commit: the continuation is empty (end of turn at once), and the recorded
     clauses are committed as the reply, once."""
-    store, holder = InMemorySessionStoreDouble(), {}
-    edge = ResumingEdge(holder)
-    conv = new_conv(store, ScriptedLlmDouble(FOUR, token_s=0.3), edge, holder)
-    await conv.start(resumed=False)
-    await user_says(conv, 1, "Where is my order?")
-    await wait_for(lambda: len(says(edge)) == 2)
-    await conv.close()
     llm2 = ContinuingLlmDouble(" ".join(CLAUSES[:2]), token_s=0.02)  # nothing after the prefix
-    conv2 = new_conv(store, llm2, edge, holder)
-    await conv2.start(resumed=True)
-    await asyncio.sleep(20)
+    store, edge, _, conv2 = await die_after_two_clauses(llm2)
     assert [t for _, _, t in edge.played_says] == CLAUSES[:2]
     assert len(llm2.calls) == 1 and llm2.pieces == 0
     hist = await store.history("s1")
@@ -240,18 +239,8 @@ async def test_an_llm_that_cannot_continue_regenerates_and_sends_only_the_later_
     """An llm replica built before assistant_prefix: the successor regenerates the
     reply from the start (same prompt and seed, so the same text), checks it
     against the record and sends only the clauses after it."""
-    store, holder = InMemorySessionStoreDouble(), {}
-    edge = ResumingEdge(holder)
-    llm = ScriptedLlmDouble(FOUR, token_s=0.3)
-    conv = new_conv(store, llm, edge, holder)
-    await conv.start(resumed=False)
-    await user_says(conv, 1, "Where is my order?")
-    await wait_for(lambda: len(says(edge)) == 2)
-    await conv.close()
     llm2 = ContinuingLlmDouble(FOUR, token_s=0.02, continues=False)
-    conv2 = new_conv(store, llm2, edge, holder)
-    await conv2.start(resumed=True)
-    await asyncio.sleep(20)
+    store, edge, llm, _ = await die_after_two_clauses(llm2)
     assert [(cid, t) for _, cid, t in edge.played_says] == list(enumerate(CLAUSES))
     assert [c.get("assistant_prefix", "") for c in llm2.calls] == [" ".join(CLAUSES[:2]), ""]
     assert llm2.calls[1]["seed"] == llm.calls[0]["seed"]  # regenerated reproducibly
@@ -320,17 +309,8 @@ async def test_a_reply_heard_whole_or_interrupted_is_left_alone():
 async def test_a_regenerated_reply_that_differs_ends_at_the_recorded_clauses():
     """Same, but the regenerated text differs from the record: the recorded
     clauses are the reply, nothing more is said."""
-    store, holder = InMemorySessionStoreDouble(), {}
-    edge = ResumingEdge(holder)
-    conv = new_conv(store, ScriptedLlmDouble(FOUR, token_s=0.3), edge, holder)
-    await conv.start(resumed=False)
-    await user_says(conv, 1, "Where is my order?")
-    await wait_for(lambda: len(says(edge)) == 2)
-    await conv.close()
     llm2 = ContinuingLlmDouble("Your order is lost. Sorry about that. We will refund you.", token_s=0.02, continues=False)
-    conv2 = new_conv(store, llm2, edge, holder)
-    await conv2.start(resumed=True)
-    await asyncio.sleep(20)
+    store, edge, _, conv2 = await die_after_two_clauses(llm2)
     assert [t for _, _, t in edge.played_says] == CLAUSES[:2]
     hist = await store.history("s1")
     assert hist[1]["content"] == " ".join(CLAUSES[:2])
