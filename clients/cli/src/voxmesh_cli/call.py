@@ -147,17 +147,30 @@ class Recorder:
     chunks: list[tuple[float, np.ndarray]] = field(default_factory=list)  # (arrival monotonic, 48k mono)
 
     async def run(self, track) -> None:
+        next_pts = None
         while True:
             try:
                 frame = await track.recv()
             except MediaStreamError:
                 return
+            now = time.monotonic()
             data = frame.to_ndarray()
             ch = len(frame.layout.channels)
             mono = data.reshape(-1, ch).mean(axis=1).astype(np.int16) if not frame.format.is_planar else data[0].astype(np.int16)
             if frame.sample_rate != RATE:
                 mono = soxr.resample(mono, frame.sample_rate, RATE).astype(np.int16)
-            self.chunks.append((time.monotonic(), mono))
+            # With Opus DTX the edge sends (next to) nothing while the agent is
+            # silent, and the RTP timestamps, hence the frames' pts, run on: a
+            # jump in pts is silence that a player plays (so would a speaker),
+            # not lost audio. Put it back, so the recording keeps the call's
+            # time (offset_at, the reply WAV).
+            if frame.pts is not None and frame.time_base is not None:
+                if next_pts is not None and frame.pts > next_pts:
+                    gap = round(float((frame.pts - next_pts) * frame.time_base) * RATE)
+                    if 0 < gap <= 60 * RATE:
+                        self.chunks.append((now, np.zeros(gap, np.int16)))
+                next_pts = frame.pts + round(frame.samples / frame.sample_rate / frame.time_base)
+            self.chunks.append((now, mono))
 
     def first_audible_after(self, t: float) -> float | None:
         for ts, pcm in self.chunks:
@@ -407,7 +420,8 @@ async def call(
             spoken_all = mic.t0 is not None and time.monotonic() > utterances[-1][1] if utterances else False
             if later and spoken_all and replies_done() >= turns:
                 # The next turn: once the reply is over and the connection is up.
-                healthy = conn.ready and recorder.chunks and time.monotonic() - recorder.chunks[-1][0] < 0.5
+                # (the edge sends a packet at least every 400 ms, DTX included)
+                healthy = conn.ready and recorder.chunks and time.monotonic() - recorder.chunks[-1][0] < 1.0
                 if next_at is None:
                     next_at = time.monotonic() + gap_s
                 if healthy and time.monotonic() >= next_at:
