@@ -18,7 +18,7 @@ from av import AudioFrame
 
 from voxmesh.core.webrtc import configure_ice_hosts
 from voxmesh_edge import opus
-from voxmesh_edge.media import FastReceiver, PacedOpusTrack, ReorderBuffer, Ticker, accelerate
+from voxmesh_edge.media import FastReceiver, FastSender, PacedOpusTrack, ReorderBuffer, Ticker, accelerate, dtx_packet
 from voxmesh_edge.playout import Playout, Segment
 
 pytestmark = pytest.mark.skipif(not opus.available(), reason="libopus not found")
@@ -118,7 +118,7 @@ async def test_a_call_on_the_fast_path_both_ways():
     transceiver.sender.replaceTrack(track)
     transceiver.direction = "sendrecv"
     did = accelerate(transceiver, track, reorder_frames=2, chunk_ms=40)
-    assert did == {"receiver": True, "encoder": True}
+    assert did == {"receiver": True, "encoder": True, "sender": True}
     assert isinstance(transceiver.receiver, FastReceiver)
     inbound: list = []
     outbound: list = []
@@ -218,3 +218,116 @@ async def test_40_ms_playout_packets_carry_two_frames_and_silence_is_cached():
     assert len(bytes(packets[0])) > 20  # speech
     assert bytes(packets[-1]) == track._silence and len(track._silence) <= 8  # cached silence
     track.stop()
+
+
+def tone(ms: int, hz: float = 300.0) -> np.ndarray:
+    t = np.arange(48 * ms)
+    return (8000 * np.sin(2 * np.pi * hz * t / 48000)).astype(np.int16)
+
+
+async def test_dtx_sends_one_packet_per_interval_while_the_agent_is_silent():
+    played: list[np.ndarray] = []
+    playout = Playout(lambda *a: None, lambda t: None)
+    playout.on_output = played.append
+    track = PacedOpusTrack(playout, dtx=True, dtx_interval_ms=100)  # a DTX packet every 5 ticks
+    assert track.use_opus()
+    playout.enqueue(Segment("a1", 0, tone(100), (0, 5), [], "hello", True))  # 5 ticks of speech
+    out = []
+    for _ in range(5 + 5 + 3):
+        p = await track.recv()
+        out.append((p.pts // 960, len(bytes(p)), track.talkspurt_start))
+    ticks = [k for k, _, _ in out]
+    # speech 0-4, the encoder's decay 5-9, DTX at 10, then every 5th tick: the
+    # ticks in between send nothing, but the RTP clock (pts) runs on
+    assert ticks == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 15, 20]
+    assert [n for _, n, _ in out[10:]] == [1, 1, 1]  # the TOC byte alone
+    assert [k for k, _, start in out if start] == [0]
+    # The playout (and the echo guard listening to it) still ran every tick.
+    assert len(played) == 21
+    # The agent speaks again: sent at once, on the grid, opening a talkspurt.
+    playout.enqueue(Segment("a2", 0, tone(40), (0, 5), [], "again", True))
+    p = await track.recv()
+    assert p.pts // 960 == 21 and track.talkspurt_start and len(bytes(p)) > 20
+    p = await track.recv()
+    assert p.pts // 960 == 22 and not track.talkspurt_start
+    # A decoder plays the DTX packet as 20 ms of (near) silence.
+    dec = opus.Decoder(48000)
+    dec.decode(track._silence)
+    pcm = dec.decode(track._dtx_packet)
+    assert pcm.size == 960 and np.abs(pcm).max() < 50
+    track.stop()
+
+
+def test_dtx_packets_for_40_ms_packets_and_codes_that_need_more_bytes():
+    playout = Playout(lambda *a: None, lambda t: None)
+    track = PacedOpusTrack(playout, ptime_ms=40, dtx=True)
+    assert track.use_opus()
+    assert len(track._dtx_packet) == 1
+    assert opus.Decoder(48000).decode(track._dtx_packet).size == 1920  # two empty 20 ms frames
+    assert dtx_packet(bytes([0b11111011, 2])) is None  # code 3: a frame count byte is needed
+    assert dtx_packet(b"") is None
+
+
+async def test_dtx_on_a_real_call_keeps_sequence_numbers_and_marks_talkspurts():
+    """aiortc as the receiving client: across DTX gaps the sequence numbers stay
+    contiguous (no loss), RTP timestamps jump by the silence skipped, the marker
+    bit opens each talkspurt, and both of the agent's sentences play."""
+    configure_ice_hosts(("127.0.0.1",))
+    caller, edge = RTCPeerConnection(), RTCPeerConnection()
+    caller.addTrack(Tone())
+    await caller.setLocalDescription(await caller.createOffer())
+    await edge.setRemoteDescription(caller.localDescription)
+    playout = Playout(lambda *a: None, lambda t: None)
+    track = PacedOpusTrack(playout, dtx=True, dtx_interval_ms=200)
+    (transceiver,) = edge.getTransceivers()
+    transceiver.sender.replaceTrack(track)
+    transceiver.direction = "sendrecv"
+    assert accelerate(transceiver, track)["sender"]
+    assert isinstance(transceiver.sender, FastSender)
+    (theirs,) = caller.getTransceivers()
+    rtp: list[tuple[int, int, int, int]] = []
+    handle = theirs.receiver._handle_rtp_packet
+
+    async def spy(packet, arrival_time_ms):
+        rtp.append((packet.sequence_number, packet.timestamp, packet.marker, len(packet.payload)))
+        await handle(packet, arrival_time_ms)
+
+    theirs.receiver._handle_rtp_packet = spy
+    heard: list = []
+    tasks = []
+
+    async def read(t) -> None:
+        while True:
+            try:
+                heard.append(await t.recv())
+            except MediaStreamError:
+                return
+
+    caller.on("track", lambda t: tasks.append(asyncio.ensure_future(read(t))))
+    await edge.setLocalDescription(await edge.createAnswer())
+    await caller.setRemoteDescription(edge.localDescription)
+    playout.enqueue(Segment("a1", 0, tone(300), (0, 5), [], "hello", True))
+    await asyncio.sleep(1.5)
+    playout.enqueue(Segment("a2", 0, tone(300, 500), (0, 5), [], "again", True))
+    await asyncio.sleep(1.0)
+    for pc in (caller, edge):
+        await pc.close()
+    for task in tasks:
+        task.cancel()
+    assert len(rtp) > 40
+    seqs = [s for s, _, _, _ in rtp]
+    assert all((b - a) % 65536 == 1 for a, b in zip(seqs, seqs[1:]))
+    steps = [(b[1] - a[1]) % 2**32 for a, b in zip(rtp, rtp[1:])]
+    assert set(steps) <= {960 * k for k in range(1, 11)} and 960 * 10 in steps  # 200 ms DTX gaps
+    # ~2.5 s on the wire, but far fewer packets than 125: silence is mostly not sent
+    assert len(rtp) < 90
+    # marker: the first packet, and speech after DTX; never a DTX packet
+    for i, (_, _, marker, size) in enumerate(rtp):
+        opens = size > 2 and (i == 0 or rtp[i - 1][3] <= 2 or steps[i - 1] > 960)
+        assert marker == int(opens), (i, rtp[max(0, i - 3) : i + 2])
+    assert sum(m for _, _, m, _ in rtp) >= 2
+    # aiortc's receiver played both sentences (and the DTX packets as silence)
+    levels = [float(np.sqrt(np.mean(f.to_ndarray().astype(np.float32) ** 2))) for f in heard]
+    loud = [i for i, v in enumerate(levels) if v > 2000]
+    assert loud and any(b - a > 1 for a, b in zip(loud, loud[1:]))  # two separate bursts
+    assert min(levels) < 50

@@ -38,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import fractions
 import logging
+import struct
 import time
 import weakref
 from collections.abc import Callable
@@ -46,7 +47,8 @@ import av
 import numpy as np
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.rtcrtpreceiver import RTCRtpReceiver
-from aiortc.utils import uint16_add, uint16_gt
+from aiortc.rtcrtpsender import RTCRtpSender, random_sequence_number
+from aiortc.utils import random32, uint16_add, uint16_gt
 
 from voxmesh.core.metrics import metric
 from voxmesh_edge import opus
@@ -84,6 +86,18 @@ def request_ptime(sdp: str, ptime_ms: int) -> str:
         # the audio section is last: insert before the trailing empty line
         out.insert(len(out) - 1 if out and out[-1] == "" else len(out), f"a=ptime:{ptime_ms}")
     return "\r\n".join(out)
+
+
+def dtx_packet(silence: bytes) -> bytes | None:
+    """The Opus DTX packet for an encoder whose silence packet is `silence`:
+    its TOC byte (same mode, bandwidth and frame size) with frames of length 0
+    (code 0: one frame; code 1: two equal frames, both empty). WebRTC receivers
+    take a payload of <= 2 bytes as DTX (comfort noise, not loss); libopus
+    decodes it as concealment of the previous (silent) audio. None for a code 2
+    or 3 TOC, which needs more bytes."""
+    if not silence or silence[0] & 0x3 > 1:
+        return None
+    return silence[:1]
 
 
 # -- pacing -------------------------------------------------------------------
@@ -144,16 +158,23 @@ class PacedOpusTrack(MediaStreamTrack):
     SILENCE_SETTLE = 5  # zero frames the encoder sees before the cached packet takes over
 
     def __init__(self, playout: Playout, bitrate: int = 32000, complexity: int = 6, application: str = "audio",
-                 ptime_ms: int = 20) -> None:
+                 ptime_ms: int = 20, dtx: bool = False, dtx_interval_ms: int = 400) -> None:
         super().__init__()
         self.playout = playout
         self.bitrate, self.complexity, self.application = bitrate, complexity, application
         # Opus packets of 20 or 40 ms (the latter only when encoding here): 40 ms
         # halves the outbound packet rate for 20 ms more delay on agent audio.
         self.frames_per_packet = 2 if ptime_ms >= 40 else 1
+        # Discontinuous transmission while the agent is silent (see recv): one
+        # DTX packet, then one every dtx_interval_ms, nothing in between.
+        self.dtx = dtx
+        self.dtx_interval_ms = dtx_interval_ms
         self._encoder: opus.Encoder | None = None
         self._silence: bytes | None = None
+        self._dtx_packet: bytes | None = None
         self._zeros = 0
+        self.talkspurt_start = True  # the packet just returned opens a talkspurt (RTP marker bit)
+        self._in_dtx = True          # in a DTX gap (or before the first packet)
         self._tick: int | None = None
         self._ticker: Ticker | None = None
         self._n = 0
@@ -178,9 +199,42 @@ class PacedOpusTrack(MediaStreamTrack):
         zeros = np.zeros(WEBRTC_FRAME_SAMPLES * self.frames_per_packet, np.int16)
         for _ in range(self.SILENCE_SETTLE * 2):
             self._silence = probe.encode(zeros)
+        self._dtx_packet = dtx_packet(self._silence)
         return True
 
     async def recv(self):
+        """The next packet (or, without Opus, PCM frame) to send, when it is due.
+
+        DTX (`dtx`, Opus only): once the agent has been silent for
+        SILENCE_SETTLE packets (the encoder's decay has gone out), the silence
+        is sent as an Opus DTX packet (RFC 6716 3.2.1: the TOC byte alone, a
+        frame of length 0, which decoders conceal, i.e. play as silence or
+        comfort noise), then nothing until dtx_interval_ms later, when another
+        one keeps the stream alive (WebRTC's Opus DTX does the same, every 400
+        ms). recv() just does not return for the ticks in between: the playout
+        still advances (and the echo guard still hears silence) every tick,
+        and the next packet's pts, hence its RTP timestamp, counts the skipped
+        ticks, while aiortc numbers packets contiguously (no loss seen). The
+        first packet after a gap (speech again) opens a talkspurt:
+        `talkspurt_start` is True when it is returned (FastSender sets the RTP
+        marker bit from it, RFC 3551 4.1)."""
+        while True:
+            out = await self._next()
+            if out is not None:
+                return self._packet(*out) if type(out) is tuple else out
+
+    async def next_payload(self) -> tuple[bytes, int]:
+        """What recv() returns, as (Opus payload, RTP timestamp offset at 48 kHz)
+        without the av.Packet (FastSender's per-packet path). Opus only."""
+        while True:
+            out = await self._next()
+            if out is not None:
+                return out
+
+    async def _next(self):
+        """One packet period: wait for it, take its audio from the playout, and
+        return what to send: (Opus payload, pts), a PCM frame when not encoding
+        here, or None (nothing this period: DTX)."""
         if self.readyState != "live":
             raise MediaStreamError
         ticker = self._ticker
@@ -230,11 +284,125 @@ class PacedOpusTrack(MediaStreamTrack):
             data = self._encoder.encode(pcm)
         else:
             self._zeros += 1
-            data = self._silence if self._zeros > self.SILENCE_SETTLE else self._encoder.encode(pcm)
+            if self._zeros <= self.SILENCE_SETTLE:
+                data = self._encoder.encode(pcm)
+            elif not self.dtx or self._dtx_packet is None:
+                data = self._silence
+            else:
+                # The first DTX packet, then one every dtx_interval_ms.
+                every = max(1, self.dtx_interval_ms // (20 * per))
+                self._in_dtx = True
+                if (self._zeros - self.SILENCE_SETTLE - 1) % every:
+                    return None
+                self.talkspurt_start = False
+                return self._dtx_packet, pts
+        # Sound (or the encoder's decay into silence) after DTX, or the first
+        # packet of the stream: a new talkspurt.
+        self.talkspurt_start = self._in_dtx
+        self._in_dtx = False
+        return data, pts
+
+    def _packet(self, data: bytes, pts: int) -> av.Packet:
         packet = av.Packet(data)
         packet.pts = pts
         packet.time_base = self._tb
         return packet
+
+
+# -- sending ------------------------------------------------------------------
+
+_S = "_RTCRtpSender__"  # aiortc's name-mangled sender internals
+_SENDER_ATTRS = ("track", "mid", "rtp_header_extensions_map", "rtp_started", "rtp_exited", "ntp_timestamp",
+                 "rtp_timestamp", "octet_count", "packet_count", "encoder", "started", "kind")
+_NTP_EPOCH_OFFSET = 2208988800  # seconds from 1900 (NTP) to 1970 (Unix)
+
+
+class FastSender(RTCRtpSender):
+    """An audio RTCRtpSender whose RTP loop sends PacedOpusTrack's payloads
+    with less per-packet Python than aiortc's `_run_rtp` (no av.Packet, no
+    RtpPacket object, header extensions laid out once, the send time from
+    time.time() rather than datetime), and sets the RTP marker bit on the first
+    packet of each talkspurt only (RFC 3551 4.1; aiortc sets it on every audio
+    packet), which with DTX tells the receiver a gap was silence, not loss.
+
+    What stays aiortc's: SRTP and the transport (`transport._send_rtp`), RTCP
+    (its sender reports read the counters kept here), and every other track
+    or codec (the stock loop). Packets are not kept for retransmission: audio
+    negotiates no NACK (checked: with NACK the stock loop runs)."""
+
+    async def _run_rtp(self, codec) -> None:
+        track = getattr(self, _S + "track")
+        if not isinstance(track, PacedOpusTrack) or not track.encodes_opus or \
+                any(fb.type == "nack" for fb in (codec.rtcpFeedback or [])):
+            return await super()._run_rtp(codec)
+        getattr(self, _S + "rtp_started").set()
+        first, head, tail = _extension_layout(getattr(self, _S + "rtp_header_extensions_map"), getattr(self, _S + "mid"))
+        seq = random_sequence_number()
+        ts_origin = random32()
+        pt, ssrc = codec.payloadType, self._ssrc
+        transport = self.transport
+        packets = octets = 0
+        try:
+            while True:
+                if getattr(self, _S + "track") is not track:
+                    break  # replaced or removed: not something the edge does
+                payload, pts = await track.next_payload()
+                if not self._enabled:
+                    continue
+                now = time.time() + _NTP_EPOCH_OFFSET
+                timestamp = (ts_origin + pts) & 0xFFFFFFFF
+                header = _RTP_HEADER.pack(first, (track.talkspurt_start << 7) | pt, seq, timestamp, ssrc)
+                if tail is None:
+                    data = b"".join((header, head, payload))
+                else:  # abs-send-time: 6.18 fixed-point seconds, 24 bits
+                    data = b"".join((header, head, (int(now * 262144) & 0xFFFFFF).to_bytes(3, "big"), tail, payload))
+                await transport._send_rtp(data)
+                # What aiortc's RTCP sender reports read (and what it counts).
+                setattr(self, _S + "ntp_timestamp", int(now * 4294967296.0))
+                setattr(self, _S + "rtp_timestamp", timestamp)
+                octets += len(payload)
+                packets += 1
+                setattr(self, _S + "octet_count", octets)
+                setattr(self, _S + "packet_count", packets)
+                seq = (seq + 1) & 0xFFFF
+        except (asyncio.CancelledError, ConnectionError, MediaStreamError):
+            pass
+        except Exception:
+            log.exception("RTP send loop failed")
+        # as aiortc's loop ends: stop the track, say the loop exited
+        if getattr(self, _S + "track"):
+            getattr(self, _S + "track").stop()
+            setattr(self, _S + "track", None)
+        getattr(self, _S + "rtp_exited").set()
+
+
+_RTP_HEADER = struct.Struct("!BBHLL")
+
+
+def _extension_layout(extensions_map, mid: str | None) -> tuple[int, bytes, bytes | None]:
+    """The RTP header extensions aiortc would write for a packet (mid and
+    abs-send-time, whichever were negotiated): the header's first byte, and the
+    extension bytes before and after the 3 abs-send-time bytes (None after:
+    no abs-send-time, the extensions are constant). Found by serializing twice
+    with different send times, so the layout is aiortc's own (one- or two-byte
+    form, ids, padding)."""
+    from aiortc.rtp import HeaderExtensions
+
+    profile, v0 = extensions_map.set(HeaderExtensions(mid=mid, abs_send_time=0))
+    _, v1 = extensions_map.set(HeaderExtensions(mid=mid, abs_send_time=0xFFFFFF))
+    if not v0:
+        return 0x80, b"", None
+    head = struct.pack("!HH", profile, len(v0) >> 2)
+    diff = [i for i, (a, b) in enumerate(zip(v0, v1)) if a != b]
+    if len(v0) != len(v1) or len(diff) != 3 or diff[2] - diff[0] != 2:
+        return 0x90, head + v0, None
+    i = diff[0]
+    return 0x90, head + v0[:i], v0[i + 3 :]
+
+
+def _sender_supported(sender: RTCRtpSender) -> bool:
+    return type(sender) is RTCRtpSender and all(hasattr(sender, _S + a) for a in _SENDER_ATTRS) \
+        and hasattr(sender, "_enabled") and hasattr(sender, "_ssrc") and hasattr(sender.transport, "_send_rtp")
 
 
 # -- receiving ----------------------------------------------------------------
@@ -438,9 +606,10 @@ def accelerate(transceiver, track: PacedOpusTrack, reorder_frames: int = 2, chun
                tap: Callable[[np.ndarray], None] | None = None) -> dict[str, bool]:
     """Put one session's audio transceiver on the fast path, after the remote
     offer is applied and before the transport starts. Returns what it did
-    ("receiver": inbound audio is decoded here, and `tap` sees every packet)."""
+    ("receiver": inbound audio is decoded here, and `tap` sees every packet;
+    "encoder": agent audio is encoded here; "sender": FastSender sends it)."""
     global _warned
-    did = {"receiver": False, "encoder": False}
+    did = {"receiver": False, "encoder": False, "sender": False}
     receiver = transceiver.receiver
     if _receiver_supported(receiver) and not getattr(receiver, _P + "started"):
         receiver.__class__ = FastReceiver  # same layout: only receive() differs
@@ -454,5 +623,9 @@ def accelerate(transceiver, track: PacedOpusTrack, reorder_frames: int = 2, chun
     codecs = getattr(transceiver, "_codecs", None) or []
     if codecs and codecs[0].mimeType.lower() == "audio/opus":
         did["encoder"] = track.use_opus()
+    sender = transceiver.sender
+    if did["encoder"] and _sender_supported(sender) and not getattr(sender, _S + "started"):
+        sender.__class__ = FastSender  # same layout: only _run_rtp() differs
+        did["sender"] = True
     return did
 

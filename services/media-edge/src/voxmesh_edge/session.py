@@ -107,7 +107,7 @@ class EdgeSession:
         self._local_pause: asyncio.TimerHandle | None = None
         # The fast media path (voxmesh_edge.media): inline Opus, one shared clock.
         self.track = (PacedOpusTrack(self.playout, settings.opus_bitrate, settings.opus_complexity, settings.opus_application,
-                                     settings.playout_ptime_ms)
+                                     settings.playout_ptime_ms, settings.playout_dtx, settings.playout_dtx_interval_ms)
                       if settings.fast_media else PlayoutTrack(self.playout))
         # Inbound audio, 16 kHz PCM, from the very first frame.
         self.inbound: asyncio.Queue[bytes | None] = asyncio.Queue()

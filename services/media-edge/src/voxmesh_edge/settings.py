@@ -123,3 +123,12 @@ class EdgeSettings:
     # Agent audio per packet we send: 20, or 40 to halve the outbound packet
     # rate for 20 ms more delay on every reply.
     playout_ptime_ms: int = 20
+    # Opus DTX while the agent is silent (fast path): after the encoder's decay,
+    # one DTX packet (the TOC byte alone) and then one every
+    # playout_dtx_interval_ms instead of a packet every 20 ms; RTP timestamps
+    # run on across the gap, sequence numbers stay contiguous and the first
+    # packet of each talkspurt carries the marker bit. The agent is silent most
+    # of a call, so most of the outbound packets (and their per-packet cost)
+    # go. False = a cached silence packet every 20 ms.
+    playout_dtx: bool = True
+    playout_dtx_interval_ms: int = 400
