@@ -197,3 +197,25 @@ async def test_echo_and_clicks_never_pause_the_agent(voices):
         assert not s.playout.paused, f"paused at frame {k}"
     assert s.onset.echo_rejected >= 1  # the echo was loud enough to be judged
     await s.pc.close()
+
+
+def test_no_echo_check_for_an_onset_that_would_be_ignored(voices):
+    """The echo check (~1 ms) runs only when the session would act on the
+    onset (`wanted`): with a local pause pending or a user turn open, the
+    onset is reported unchecked (the session ignores it anyway)."""
+    class CountingGuard(EchoGuard):
+        calls = 0
+
+        def is_echo(self, mic16):
+            CountingGuard.calls += 1
+            return super().is_echo(mic16)
+
+    _, user = voices
+    mic = np.concatenate([np.zeros(8000, np.int16), user])
+    for wanted in (False, True):
+        CountingGuard.calls = 0
+        det = OnsetDetector(CountingGuard())
+        det.wanted = lambda w=wanted: w
+        onsets = feed_all(det, mic)
+        assert onsets
+        assert CountingGuard.calls == (len(onsets) if wanted else 0)

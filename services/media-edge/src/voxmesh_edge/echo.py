@@ -35,6 +35,14 @@ class EchoGuard:
         """The played history, oldest first."""
         return np.concatenate((self._buf[self._pos :], self._buf[: self._pos]))
 
+    def _tail(self, n: int) -> np.ndarray:
+        """The last n samples played, oldest first (a copy of just those)."""
+        n = min(n, self._buf.size)
+        start = self._pos - n
+        if start >= 0:
+            return self._buf[start : self._pos].copy()
+        return np.concatenate((self._buf[start:], self._buf[: self._pos]))
+
     def played(self, pcm48: np.ndarray) -> None:
         """Record one tick of output (48 kHz). Decimation without a filter is
         enough for correlating speech envelopes and costs nothing per tick."""
@@ -51,7 +59,7 @@ class EchoGuard:
         self._audible_ticks = self._audible_ticks + 1 if pcm48.any() else max(0, self._audible_ticks - 1)
 
     def recently_audible(self) -> bool:
-        return self._audible_ticks > 0 or bool(np.any(self._ref[-self.max_delay :]))
+        return self._audible_ticks > 0 or bool(np.any(self._tail(self.max_delay)))
 
     def similarity(self, mic16: np.ndarray) -> float:
         """Peak normalized cross-correlation of `mic16` with the played audio at
@@ -64,22 +72,32 @@ class EchoGuard:
         # before a reply) gave "similarities" of 30-100: every onset after a
         # pause was taken for echo.
         mic = mic16.astype(np.float64)
-        mic = mic - mic.mean()
+        mic -= mic.mean()
         L = mic.size
-        ref = self._ref[-(L + self.max_delay) :].astype(np.float64)
+        ref = self._tail(L + self.max_delay).astype(np.float64)
         if ref.size < L or not ref.any():
             return 0.0
-        n = 1 << int(np.ceil(np.log2(ref.size + L)))
-        corr = np.fft.irfft(np.fft.rfft(ref, n) * np.conj(np.fft.rfft(mic, n)), n)[: ref.size - L + 1]
-        csum = np.concatenate([[0.0], np.cumsum(ref**2)])
-        win_energy = (csum[L:] - csum[:-L])[: corr.size]
+        # Only the lags 0..ref.size-L are used, and for those a circular
+        # correlation of length >= ref.size is exact: no need to pad to
+        # ref.size + L (a multiple of 512 keeps pocketfft on small primes).
+        n = -(-ref.size // 512) * 512
+        spec = np.fft.rfft(ref, n)
+        spec *= np.conj(np.fft.rfft(mic, n))
+        corr = np.fft.irfft(spec, n)[: ref.size - L + 1]
+        csum = np.cumsum(ref * ref)
+        win_energy = np.empty(corr.size)
+        win_energy[0] = csum[L - 1]
+        win_energy[1:] = csum[L : L + corr.size - 1] - csum[: corr.size - 1]
         # Delays at which what was played is (near) silence cannot be the echo
         # of anything: below ~-60 dBFS the ratio is noise over noise.
         audible = win_energy > L * self.MIN_REF_RMS**2
         if not audible.any():
             return 0.0
-        denom = np.sqrt(win_energy[audible] * float(np.dot(mic, mic)) + 1e-9)
-        return float(min(1.0, np.max(np.abs(corr[audible]) / denom)))
+        # max |corr| / sqrt(energy x mic energy), with one square root
+        c = corr[audible]
+        c *= c
+        c /= win_energy[audible]
+        return float(min(1.0, np.sqrt(float(c.max()) / (float(np.dot(mic, mic)) + 1e-9))))
 
     def is_echo(self, mic16: np.ndarray) -> bool:
         return self.similarity(mic16) >= self.threshold

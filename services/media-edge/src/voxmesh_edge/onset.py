@@ -25,6 +25,7 @@ the caller starting to talk:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -67,6 +68,10 @@ class OnsetDetector:
         # The last echo_window_ms of microphone audio, for the echo check.
         self._recent = np.zeros(RATE * o.echo_window_ms // 1000, np.int16)
         self.echo_rejected = 0
+        # Set by the session: False when an onset now would be ignored (a
+        # local pause pending, a user turn open); such onsets are returned
+        # without the echo check.
+        self.wanted: Callable[[], bool] | None = None
 
     @property
     def samples(self) -> int:
@@ -108,7 +113,9 @@ class OnsetDetector:
                 self._floor_db += 0.01
                 if self._active >= self._need and not self._fired:
                     self._fired = True
-                    if self.echo is not None and self.echo.is_echo(_declick(self._recent)):
+                    # The echo check (~1 ms) only when the onset would be acted on.
+                    if self.echo is not None and (self.wanted is None or self.wanted()) \
+                            and self.echo.is_echo(_declick(self._recent)):
                         self.echo_rejected += 1
                     elif onset is None:
                         onset = x0 + (i + 1 - self._active) * self._win
@@ -124,5 +131,12 @@ class OnsetDetector:
 def _declick(x: np.ndarray) -> np.ndarray:
     """Clip what stands far out of the window's bulk (a click riding on the
     echo would otherwise dominate the correlation and hide the match)."""
-    lim = 2.0 * float(np.percentile(np.abs(x), 95)) + 1.0
+    a = np.abs(x.astype(np.int32))
+    # the 95th percentile (np.percentile's linear rule) by partition: a tenth of the time
+    k = 0.95 * (a.size - 1)
+    lo = int(k)
+    hi = min(lo + 1, a.size - 1)
+    part = np.partition(a, (lo, hi))
+    p95 = float(part[lo]) + (float(part[hi]) - float(part[lo])) * (k - lo)
+    lim = 2.0 * p95 + 1.0
     return np.clip(x, -lim, lim)

@@ -102,6 +102,9 @@ class EdgeSession:
         self.onset = OnsetDetector(self.echo, OnsetOptions(min_active_ms=settings.local_onset_min_ms,
                                                            threshold_dbfs=settings.local_onset_dbfs)) \
             if settings.local_onset else None
+        if self.onset is not None:
+            # an onset is acted on only then (_on_local_onset): spare the echo check otherwise
+            self.onset.wanted = lambda: self._local_pause is None and self._turn_open is None and self._reply_active()
         self._onset_fed = False       # the detector saw the previous inbound frame
         self._onset_in_read = True    # no fast receiver tap: feed it from _read_track
         self._local_pause: asyncio.TimerHandle | None = None
