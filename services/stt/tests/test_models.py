@@ -90,6 +90,35 @@ async def test_scheduler_runs_by_priority_and_drops_cancelled_work():
         sched.close()
 
 
+async def test_scheduler_keeps_a_lane_free_of_interims():
+    """Two lanes: two interims never run at once (the second waits), while a
+    pause's decode starts at once next to the running interim."""
+    import asyncio
+    import threading
+
+    from voxmesh_stt.asr import PRIO_FINAL, PRIO_INTERIM, PRIO_SPECULATIVE
+
+    sched = DecodeScheduler("test", lanes=2)
+    gate, running = threading.Event(), threading.Event()
+    started: list[str] = []
+    try:
+        first = sched.submit(PRIO_INTERIM, lambda: (started.append("interim1"), running.set(), gate.wait(5)))
+        assert running.wait(5)
+        second = sched.submit(PRIO_INTERIM, lambda: started.append("interim2"))
+        spec = sched.submit(PRIO_SPECULATIVE, lambda: started.append("speculative"))
+        final = sched.submit(PRIO_FINAL, lambda: started.append("final"))
+        await asyncio.wait_for(asyncio.wrap_future(spec), 5)
+        await asyncio.wait_for(asyncio.wrap_future(final), 5)
+        assert "interim2" not in started  # the free lane went to the pause's decodes
+        assert not first.done()
+        gate.set()
+        await asyncio.wait_for(asyncio.wrap_future(second), 5)
+        assert started == ["interim1", "final", "speculative", "interim2"]
+    finally:
+        gate.set()
+        sched.close()
+
+
 def test_decoder_confidence_of_the_last_words(sentence):
     asr = shared_asr()
     greedy = asr.decode(sentence)
@@ -106,3 +135,23 @@ def test_decoder_confidence_of_the_last_words(sentence):
     encoded, encode_s = asr.encode(plan)
     plain = asr.finish(plan, encoded, encode_s, confidence=False)
     assert plain.text == greedy.text and plain.tail == ()
+
+
+def test_a_sentence_said_again_is_cut_and_keeps_the_confidence_of_its_last_words(speech_dir):
+    """With a short encoder pad Whisper says a short question again and again
+    ("Where is my door? Where is my door? Where"): the decode keeps the first
+    one, and the end-of-turn policy still gets the confidence of ITS last words
+    (an empty tail would read as 'not known' and skip the doubt rule)."""
+    path = speech_dir / "models-door.wav"
+    if not path.exists():
+        say_to_wav("Where is my door?", path, lead_silence=0.5, tail_silence=0.5)
+    pcm, _ = read_pcm16(path)
+    asr = shared_asr()
+    plan = asr.plan(pcm.astype(np.float32) / 32768, pad_s=1.0)
+    encoded, encode_s = asr.encode(plan)
+    ids, *_ = asr._generate(plan, encoded, 1, False)
+    assert repeat_start(asr._text(ids, [])) is not None  # the search did loop
+    result = asr.finish(plan, encoded, encode_s)
+    assert result.text == "Where is my door?"
+    assert [w for w, _ in result.tail] == ["is", "my", "door?"]
+    assert result.tail[-1][1] > 0.5

@@ -7,21 +7,22 @@ temperature fallback can loop for seconds on a clip cut mid-word. Here a decode 
 one encoder pass + one bounded greedy/beam search at temperature 0:
 
 - the encoder sees the clip padded with `pad_s` of silence instead of 30 s (the
-  CTranslate2 encoder accepts shorter inputs and slices its position embeddings);
-  measured 2-4x cheaper for utterance-length clips at the same word error rate.
-  Whisper expects much silence after the words: with little padding it loops or
-  starts the sentence over ("where is my door? where is my door?": 8 of 50 cut
-  clips at 3 s of padding, 0 at 10 s; complete sentences restart at 3-4 s), so
-  the default is 8 s, and a result that still looks like a loop (hit the token
-  bound, compresses too well, a block said again) is redone once on the full
-  30 s window (finals) or cut where the repetition starts (interims);
+  CTranslate2 encoder accepts shorter inputs and slices its position embeddings;
+  its cost is ~25 ms per second of window here, so an 8 s pad is most of it).
+  With little padding Whisper tends to say the sentence again after it ends
+  ("where is my door? where is my door?") or loop on a clip cut mid-word; such
+  a result is cut where the repetition starts. Measured at the end of the
+  understanding bench's 40 utterances: WER 0.121 at 3 s of padding against 0.135
+  at 8 s, a decode of 0.25 s instead of 0.33 s (bench/understanding/
+  probe_pauses.py --pads, probe_padding.py with interims and forced prefixes);
 - the token budget is bounded by the clip length;
 - a `prefix` (the stable part of earlier interims) is forced into the decoder, so
   later results keep it by construction and the search only covers the new words.
 
-Decodes are serialized by `DecodeScheduler`: one decode at a time (it already uses
-`cpu_threads` cores), highest priority first, and work that went stale before it
-started is dropped instead of run.
+Decodes run through `DecodeScheduler`: `lanes` at a time (one CTranslate2 replica
+each, `cpu_threads` threads each), highest priority first, one lane kept free of
+interims for the decodes the end of turn waits on, and work that went stale before
+it started is dropped instead of run.
 """
 
 from __future__ import annotations
@@ -63,8 +64,7 @@ def default_model_dir() -> str:
 class DecodeResult:
     text: str
     seconds: float  # wall time of the model work (both passes if it fell back)
-    window_s: float  # encoder window actually used
-    fallback: bool = False  # redone on the full window
+    window_s: float  # encoder window used
     no_speech_prob: float = 0.0
     # The decoder's probability of each of the last words (the lowest of the word's
     # tokens; punctuation tokens are left out: "." vs "?" vs "," is often a coin
@@ -148,14 +148,17 @@ def _log_softmax_at(logits: np.ndarray, token: int) -> float:
 class WhisperAsr:
     """Blocking decode calls; run them through `DecodeScheduler`."""
 
-    def __init__(self, model_dir: str = "", compute_type: str = "int8", cpu_threads: int = 2) -> None:
+    def __init__(self, model_dir: str = "", compute_type: str = "int8", cpu_threads: int = 1, workers: int = 2) -> None:
         from faster_whisper import WhisperModel
         from faster_whisper.tokenizer import Tokenizer
 
         self.model_dir = model_dir or default_model_dir()
         t0 = time.perf_counter()
-        # num_workers=1: a single CTranslate2 replica; concurrency is the scheduler's job.
-        self.whisper = WhisperModel(self.model_dir, device="cpu", compute_type=compute_type, cpu_threads=cpu_threads, num_workers=1)
+        # One CTranslate2 replica per scheduler lane (`workers`), each decode on
+        # `cpu_threads` threads: calls from different lanes run in parallel.
+        self.whisper = WhisperModel(
+            self.model_dir, device="cpu", compute_type=compute_type, cpu_threads=cpu_threads, num_workers=workers
+        )
         self.model = self.whisper.model  # ctranslate2.models.Whisper
         self.features = self.whisper.feature_extractor
         multilingual = bool(self.model.is_multilingual)
@@ -186,7 +189,7 @@ class WhisperAsr:
     def encode_text(self, text: str) -> list[int]:
         return self.tokenizer.encode(" " + text.strip()) if text.strip() else []
 
-    def plan(self, audio: np.ndarray, *, prefix: str = "", pad_s: float = 8.0, max_tokens_per_s: float = 8.0) -> "Plan":
+    def plan(self, audio: np.ndarray, *, prefix: str = "", pad_s: float = 3.0, max_tokens_per_s: float = 8.0) -> "Plan":
         audio = np.asarray(audio, dtype=np.float32)[: int(FULL_WINDOW_S * SAMPLE_RATE)]
         duration = audio.size / SAMPLE_RATE
         prefix_tokens = self.encode_text(prefix)
@@ -197,20 +200,20 @@ class WhisperAsr:
         window = FULL_WINDOW_S if pad_s <= 0 else min(FULL_WINDOW_S, math.ceil((duration + pad_s) * 2) / 2)
         return Plan(audio, prefix.strip(), prefix_tokens, max_length, window)
 
-    def encode(self, plan: "Plan", window_s: float | None = None) -> tuple[Any, float]:
+    def encode(self, plan: "Plan") -> tuple[Any, float]:
         """Encoder pass (the larger half of a decode); returns (encoder output, seconds)."""
         import ctranslate2
 
         t0 = time.perf_counter()
-        feats = self.log_mel(plan.audio, int((window_s or plan.window_s) * 100))
+        feats = self.log_mel(plan.audio, int(plan.window_s * 100))
         sv = ctranslate2.StorageView.from_array(np.ascontiguousarray(feats[None], dtype=np.float32))
         return self.model.encode(sv, to_cpu=False), time.perf_counter() - t0
 
     def _generate(
         self, plan: "Plan", encoded: Any, beam_size: int, confidence: bool = True
-    ) -> tuple[list[int], float, float, bool, list[float] | None]:
-        """(text token ids, no-speech probability, mean log-prob, hit the length
-        bound, probability of each id or None). Greedy search returns the logits of
+    ) -> tuple[list[int], float, float, list[float] | None]:
+        """(text token ids, no-speech probability, mean log-prob, probability of
+        each id or None). Greedy search returns the logits of
         every step; CTranslate2 does not give them for beam search, where the
         probabilities come from one teacher-forced alignment pass instead. Without
         `confidence` neither is asked for (None): copying a vocabulary of logits per
@@ -228,10 +231,9 @@ class WhisperAsr:
             suppress_tokens=[-1],
         )[0]
         ids = [t for t in out.sequences_ids[0] if t < self.eot]
-        hit_bound = len(self.prompt) + len(out.sequences_ids[0]) >= plan.max_length - 1
         probs = self._token_probs(plan, encoded, out, ids, greedy) if confidence else None
         # scores: sum of token log-probs / length (length_penalty 1).
-        return ids, float(out.no_speech_prob), float(out.scores[0]) if out.scores else 0.0, hit_bound, probs
+        return ids, float(out.no_speech_prob), float(out.scores[0]) if out.scores else 0.0, probs
 
     def _token_probs(self, plan: "Plan", encoded: Any, out: Any, ids: list[int], greedy: bool) -> list[float] | None:
         """The probability of each of `ids`, or None when it cannot be had."""
@@ -267,37 +269,42 @@ class WhisperAsr:
                              min(low, prob) if wordy else low)
         return tuple((w, round(p, 4)) for w, p in words[-TAIL_WORDS:])
 
+    def _kept_tail(
+        self, ids: list[int], probs: list[float] | None, prefix_tokens: list[int], kept: str
+    ) -> tuple[tuple[str, float], ...]:
+        """The tail of the words kept after a loop was cut: the confidence of the
+        sentence's real last words ("...arrive?" of "...arrive? Can you tell me"),
+        or () when the kept text is not a token prefix of the search's output."""
+        full = ids if not prefix_tokens or ids[: len(prefix_tokens)] == prefix_tokens else prefix_tokens + ids
+        shift = len(full) - len(ids)
+        for k in range(len(full), shift, -1):
+            if self.tokenizer.decode(full[:k]).strip() == kept:
+                return self._tail(ids[: k - shift], probs[: k - shift] if probs else None)
+        return ()
+
     def finish(
-        self, plan: "Plan", encoded: Any, encode_s: float, *, beam_size: int = 1, redo_loops: bool = True,
-        confidence: bool = True,
+        self, plan: "Plan", encoded: Any, encode_s: float, *, beam_size: int = 1, confidence: bool = True,
     ) -> DecodeResult:
-        """Search on an encoder output. A result that looks like a loop is redone on
-        the full window when `redo_loops` (finals), else cut where the repetition
-        starts (interims: cheap, and the next interim decodes again anyway).
+        """Search on an encoder output. A result that looks like a loop is cut where
+        the repetition starts (redoing it on the full 30 s window, as an earlier
+        version did, cost ~1 s on the end-of-turn path and no word error rate).
         `confidence`: fill DecodeResult.tail (the end-of-turn policy reads it)."""
         t0 = time.perf_counter()
-        ids, no_speech, logprob, hit_bound, probs = self._generate(plan, encoded, beam_size, confidence)
+        ids, no_speech, logprob, probs = self._generate(plan, encoded, beam_size, confidence)
         text = self._text(ids, plan.prefix_tokens)
-        window, fallback = plan.window_s, False
-        if redo_loops and window < FULL_WINDOW_S and (hit_bound or looks_looped(text)):
-            # Looks like a repetition loop: the short window is the likely cause.
-            fallback, window = True, FULL_WINDOW_S
-            encoded, _ = self.encode(plan, window)
-            ids, no_speech, logprob, hit_bound, probs = self._generate(plan, encoded, beam_size, confidence)
-            text = self._text(ids, plan.prefix_tokens)
         tail = self._tail(ids, probs)
         if looks_looped(text):
             text = cut_repeat(text)
             if plan.prefix and not text.startswith(plan.prefix):
                 text = plan.prefix
-            tail = ()  # the words described are not the ones kept
+            tail = self._kept_tail(ids, probs, plan.prefix_tokens, text)
         if not plan.prefix_tokens and no_speech > 0.6 and logprob < -1.0:
             # Whisper's own silence rule: a cough or noise that passed the VAD, from
             # which it would otherwise make up a sentence.
             text, tail = "", ()
         seconds = encode_s + time.perf_counter() - t0
         return DecodeResult(
-            text=text, seconds=seconds, window_s=window, fallback=fallback, no_speech_prob=no_speech, tail=tail
+            text=text, seconds=seconds, window_s=plan.window_s, no_speech_prob=no_speech, tail=tail
         )
 
     def decode(
@@ -306,15 +313,14 @@ class WhisperAsr:
         *,
         beam_size: int = 1,
         prefix: str = "",
-        pad_s: float = 8.0,
+        pad_s: float = 3.0,
         max_tokens_per_s: float = 8.0,
-        redo_loops: bool = True,
     ) -> DecodeResult:
         """Transcribe float32 16 kHz `audio` (at most 30 s) that must start with
         `prefix`, in one go (encode + search)."""
         plan = self.plan(audio, prefix=prefix, pad_s=pad_s, max_tokens_per_s=max_tokens_per_s)
         encoded, encode_s = self.encode(plan)
-        return self.finish(plan, encoded, encode_s, beam_size=beam_size, redo_loops=redo_loops)
+        return self.finish(plan, encoded, encode_s, beam_size=beam_size)
 
     def _text(self, ids: list[int], prefix_tokens: list[int]) -> str:
         # CTranslate2 returns the forced prefix as part of the sequence.
@@ -324,29 +330,43 @@ class WhisperAsr:
 
 
 @functools.cache
-def shared_asr(model_dir: str = "", compute_type: str = "int8", cpu_threads: int = 2) -> WhisperAsr:
+def shared_asr(model_dir: str = "", compute_type: str = "int8", cpu_threads: int = 1, workers: int = 2) -> WhisperAsr:
     """The process's one Whisper model (loading it twice would double memory and
-    let two decodes fight over the same cores)."""
-    return WhisperAsr(model_dir, compute_type, cpu_threads)
+    let decodes fight over the same cores)."""
+    return WhisperAsr(model_dir, compute_type, cpu_threads, workers)
 
 
 class DecodeScheduler:
-    """One worker thread runs jobs one at a time, highest priority first.
+    """`lanes` worker threads run jobs, highest priority first.
+
+    With two or more lanes, interims may occupy all but one: a pause's decode (the
+    end of turn waits for it) then starts at once instead of behind an interim's
+    encoder pass, which was running at 58 % of the pauses of the understanding
+    bench with one lane. Each lane uses its own CTranslate2 replica
+    (`WhisperAsr(workers=lanes)`); at utterance-length windows one thread per
+    decode is as fast as two here (the encoder on a 4 s window: 0.108 s on one
+    thread, 0.100 s on two), so lanes of one thread cost no latency and keep the
+    cores busy with different work.
 
     Loop-agnostic (plain threads and concurrent futures): await a job with
     `asyncio.wrap_future`. A job cancelled before it starts is skipped, so a
     stream can withdraw work that became stale.
     """
 
-    def __init__(self, name: str = "asr") -> None:
+    def __init__(self, name: str = "asr", lanes: int = 1, low_priority: int = PRIO_INTERIM) -> None:
         self._heap: list[tuple[int, int, Future, Callable[[], Any]]] = []
         self._seq = itertools.count()
         self._cv = threading.Condition()
-        self._running = 0
+        self._lanes = max(1, lanes)
+        # Jobs of this priority or lower may use all lanes but one.
+        self._low_priority = low_priority
+        self._running: list[int] = []  # priorities of the running jobs
         self._closed = False
-        self._busy_since: float | None = None
-        self._thread = threading.Thread(target=self._work, name=name, daemon=True)
-        self._thread.start()
+        self._threads = [
+            threading.Thread(target=self._work, name=f"{name}-{i}", daemon=True) for i in range(self._lanes)
+        ]
+        for thread in self._threads:
+            thread.start()
 
     def submit(self, priority: int, fn: Callable[[], Any]) -> Future:
         fut: Future = Future()
@@ -354,32 +374,53 @@ class DecodeScheduler:
             if self._closed:
                 raise RuntimeError("decode scheduler is closed")
             heapq.heappush(self._heap, (priority, next(self._seq), fut, fn))
-            self._cv.notify()
+            self._cv.notify_all()
         return fut
 
     def backlog(self) -> int:
         """Jobs waiting or running (cancelled ones still queued are not counted)."""
         with self._cv:
-            return self._running + sum(1 for _, _, f, _ in self._heap if not f.cancelled())
+            return len(self._running) + sum(1 for _, _, f, _ in self._heap if not f.cancelled())
+
+    def _runnable(self) -> int | None:
+        """Index in the heap of the job to start now, or None. (Called with the lock.)"""
+        low_running = sum(1 for p in self._running if p >= self._low_priority)
+        low_allowed = self._lanes if self._lanes == 1 else self._lanes - 1
+        best: int | None = None
+        for i, (prio, seq, fut, _) in enumerate(self._heap):
+            if fut.cancelled():
+                return i  # dropped at once by the caller
+            if prio >= self._low_priority and low_running >= low_allowed:
+                continue
+            if best is None or (prio, seq) < self._heap[best][:2]:
+                best = i
+        return best
 
     def _work(self) -> None:
         while True:
             with self._cv:
-                while not self._heap and not self._closed:
+                while True:
+                    if self._closed and not self._heap:
+                        return
+                    i = self._runnable() if len(self._running) < self._lanes else None
+                    if i is not None:
+                        break
                     self._cv.wait()
-                if self._closed and not self._heap:
-                    return
-                _, _, fut, fn = heapq.heappop(self._heap)
+                prio, _, fut, fn = self._heap[i]
+                self._heap[i] = self._heap[-1]
+                self._heap.pop()
+                heapq.heapify(self._heap)
                 if not fut.set_running_or_notify_cancel():
                     continue
-                self._running = 1
+                self._running.append(prio)
             try:
                 fut.set_result(fn())
             except BaseException as exc:  # delivered to the awaiting stream
                 fut.set_exception(exc)
             finally:
                 with self._cv:
-                    self._running = 0
+                    self._running.remove(prio)
+                    self._cv.notify_all()
 
     def close(self) -> None:
         with self._cv:

@@ -1,8 +1,8 @@
 """The Stt gRPC servicer: one TurnStream per Transcribe call over the process's
 shared models.
 
-Process-wide (loaded once): Whisper and its DecodeScheduler (one decode at a time,
-priorities, stale work dropped), the Silero VAD session, the Smart Turn session.
+Process-wide (loaded once): Whisper and its DecodeScheduler (`decode_lanes` decodes
+at a time, one lane kept free of interims, priorities, stale work dropped), the Silero VAD session, the Smart Turn session.
 VAD and turn model each run in their own single-thread executor so a stream's
 speech events and end-of-turn decisions never wait behind a Whisper decode.
 """
@@ -54,8 +54,8 @@ class Engine:
         if settings.turn_policy not in ("fused", "audio"):
             raise ValueError(f"VOXMESH_STT_TURN_POLICY must be fused or audio, got {settings.turn_policy!r}")
         self.settings = settings
-        self.asr = asr_mod.shared_asr(settings.model_dir, settings.compute_type, settings.cpu_threads)
-        self.scheduler = asr_mod.DecodeScheduler("stt-asr")
+        self.asr = asr_mod.shared_asr(settings.model_dir, settings.compute_type, settings.cpu_threads, settings.decode_lanes)
+        self.scheduler = asr_mod.DecodeScheduler("stt-asr", lanes=settings.decode_lanes)
         self.vad_model = vad.shared_model()
         self.turn_model = smart_turn.load(settings.smart_turn_path, settings.turn_threads)
         self.vad_pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="stt-vad")
@@ -67,7 +67,7 @@ class Engine:
         prio = _PRIORITY[kind]
         interim = kind == "interim"
         plan = asr.plan(
-            audio, prefix=prefix, pad_s=s.encoder_pad_s if interim else s.final_encoder_pad_s, max_tokens_per_s=s.max_tokens_per_s
+            audio, prefix=prefix, pad_s=s.encoder_pad_s, max_tokens_per_s=s.max_tokens_per_s
         )
         beam = s.interim_beam_size if interim else s.final_beam_size
         # Two jobs: the encoder pass, then the search. Between them a speculative or
@@ -78,8 +78,7 @@ class Engine:
         encoded, encode_s = await asyncio.wrap_future(self.scheduler.submit(prio, lambda: asr.encode(plan)))
         result = await asyncio.wrap_future(
             # Interims are shown, not judged: only pause decodes need the tail's confidence.
-            self.scheduler.submit(prio, lambda: asr.finish(plan, encoded, encode_s, beam_size=beam, redo_loops=not interim,
-                                                           confidence=not interim))
+            self.scheduler.submit(prio, lambda: asr.finish(plan, encoded, encode_s, beam_size=beam, confidence=not interim))
         )
         metric("voxmesh_stt_decode_seconds").labels(kind).observe(result.seconds)
         return Transcript(result.text, result.seconds, result.tail)

