@@ -331,3 +331,37 @@ async def test_dtx_on_a_real_call_keeps_sequence_numbers_and_marks_talkspurts():
     loud = [i for i, v in enumerate(levels) if v > 2000]
     assert loud and any(b - a > 1 for a, b in zip(loud, loud[1:]))  # two separate bursts
     assert min(levels) < 50
+
+
+def test_decoded_chunks_reach_the_session_as_numpy_without_an_av_frame():
+    from types import SimpleNamespace
+
+    from voxmesh_edge.audio import frame_to_mono
+    from voxmesh_edge.media import InlineDecoder, PcmFrame, _Batch
+
+    q: asyncio.Queue = asyncio.Queue()
+    dec = InlineDecoder(q, chunk_frames=2)
+    enc = opus.Encoder(48000, 32000)
+    for i in range(2):
+        dec.put((SimpleNamespace(name="opus"), _Batch(i * 960, [enc.encode(tone(20))])))
+    frame = q.get_nowait()
+    assert isinstance(frame, PcmFrame)
+    assert (frame.samples, frame.sample_rate, frame.pts, frame.layout.name) == (640, 16000, 0, "mono")
+    assert frame_to_mono(frame) is frame.pcm and frame.pcm.dtype == np.int16
+    assert frame.to_ndarray().shape == (1, 640)
+
+
+def test_an_idle_playout_tick_is_the_shared_silence_and_the_echo_guard_records_it():
+    from voxmesh_edge.audio import SILENCE
+    from voxmesh_edge.echo import EchoGuard
+
+    playout = Playout(lambda *a: None, lambda t: None)
+    assert playout.next_frame() is SILENCE and not SILENCE.flags.writeable
+    fast, slow = EchoGuard(), EchoGuard()
+    speech = tone(40)
+    for guard, silence in ((fast, SILENCE), (slow, np.zeros(960, np.int16))):
+        for _ in range(90):  # wraps the 2 s ring
+            guard.played(speech[:960])
+            guard.played(silence)
+    assert np.array_equal(fast._ref, slow._ref) and fast._pos == slow._pos
+    assert fast._audible_ticks == slow._audible_ticks

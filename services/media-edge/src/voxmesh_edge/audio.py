@@ -11,6 +11,12 @@ STT_RATE = 16000
 FRAME_MS = 20
 WEBRTC_FRAME_SAMPLES = WEBRTC_RATE * FRAME_MS // 1000  # 960
 
+# The one silent 20 ms output frame (read-only): an idle playout returns this
+# very array every tick, so its consumers know it is silent by identity
+# (`pcm is SILENCE`) without scanning it, on every tick of every idle session.
+SILENCE = np.zeros(WEBRTC_FRAME_SAMPLES, np.int16)
+SILENCE.flags.writeable = False
+
 
 class Resampler:
     def __init__(self, in_rate: int, out_rate: int) -> None:
@@ -24,7 +30,11 @@ class Resampler:
 
 
 def frame_to_mono(frame) -> np.ndarray:
-    """av.AudioFrame (s16, packed or planar, any channels) -> int16 mono."""
+    """av.AudioFrame (s16, packed or planar, any channels) -> int16 mono.
+    The fast path's decoded frames (media.PcmFrame) carry it already."""
+    pcm = getattr(frame, "pcm", None)
+    if pcm is not None:
+        return pcm
     data = frame.to_ndarray()
     channels = len(frame.layout.channels)
     if frame.format.is_planar:

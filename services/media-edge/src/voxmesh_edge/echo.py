@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from voxmesh_edge.audio import SILENCE
+
 RATE = 16000
 
 
@@ -46,6 +48,17 @@ class EchoGuard:
     def played(self, pcm48: np.ndarray) -> None:
         """Record one tick of output (48 kHz). Decimation without a filter is
         enough for correlating speech envelopes and costs nothing per tick."""
+        if pcm48 is SILENCE:  # an idle playout's tick: zeros, known silent
+            n, size = -(-pcm48.size // 3), self._buf.size
+            end = self._pos + n
+            if end <= size:
+                self._buf[self._pos : end] = 0.0
+            else:
+                self._buf[self._pos :] = 0.0
+                self._buf[: end - size] = 0.0
+            self._pos = end % size
+            self._audible_ticks = max(0, self._audible_ticks - 1)
+            return
         x = pcm48[::3]
         n, size = x.size, self._buf.size
         end = self._pos + n

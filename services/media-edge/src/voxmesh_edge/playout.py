@@ -21,7 +21,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from av import AudioFrame
 
 from voxmesh.core.metrics import metric
-from voxmesh_edge.audio import WEBRTC_FRAME_SAMPLES, WEBRTC_RATE, fade
+from voxmesh_edge.audio import SILENCE, WEBRTC_FRAME_SAMPLES, WEBRTC_RATE, fade
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +123,7 @@ class Playout:
             self.paused = False
 
     def next_frame(self) -> np.ndarray:
-        """The next 20 ms of output (silence when idle or paused)."""
+        """The next 20 ms of output (audio.SILENCE, read-only, when idle or paused)."""
         n = WEBRTC_FRAME_SAMPLES
         if self._fade_out_pending:
             # One short ramp from where the audio was, then silence.
@@ -136,7 +136,7 @@ class Playout:
                 self.on_stopped()
             return out
         if self.paused or not self._queue:
-            return np.zeros(n, np.int16)
+            return SILENCE
         out = self._take(n, report=True)
         if self._fade_in:
             self._fade_in = False
