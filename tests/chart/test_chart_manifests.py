@@ -265,6 +265,20 @@ def test_resources_everywhere(helm, variant):
 
 
 @pytest.mark.parametrize("variant", ALL)
+def test_stt_decode_threads_fit_its_cpu_request(helm, variant):
+    """Whisper runs decode_lanes decodes of cpu_threads threads at once: more
+    threads than the CPUs requested would make every decode (and the end of turn
+    that waits on it) slower, not faster."""
+    c = container(render(variant), "stt")
+    env = env_of(c)
+    threads = int(env["VOXMESH_STT_DECODE_LANES"]["value"]) * int(env["VOXMESH_STT_CPU_THREADS"]["value"])
+    cpu = c["resources"]["requests"]["cpu"]
+    cores = int(cpu[:-1]) / 1000 if cpu.endswith("m") else float(cpu)
+    assert 1 <= threads <= cores, f"{variant}: {threads} decode threads on {cpu} CPUs requested"
+    assert env["OMP_NUM_THREADS"]["value"] == env["VOXMESH_STT_CPU_THREADS"]["value"]
+
+
+@pytest.mark.parametrize("variant", ALL)
 def test_images_are_pinned(helm, variant):
     for w in workloads(render(variant)):
         for c in pod_spec(w)["containers"]:
