@@ -59,6 +59,11 @@ def test_a_number_complete_for_the_agent_is_judged_like_a_sentence():
     assert text_kind("Where is my order 4219.", (4,)) == "number"
     assert text_kind("Where is my order 4219.") == "digits"
     assert text_kind("my order number is four two", (4,)) == "digits"
+    # Whisper's list commas, the last one included: the count decides, not the comma
+    assert text_kind("My order number is 4, 2, 1, 9,", (4,)) == "number"
+    assert text_kind("My order number is 4, 2, 1,", (4,)) == "hold"  # 3 digits: still being read
+    assert text_kind("My order number is 4, 2, 1, 9,") == "hold"  # no length known: keep holding
+    assert text_kind("I would like to,", (4,)) == "hold"
     assert text_kind("my phone is 555 1234", (4,)) == "digits"
     assert judge(0.9, "Where is my order 4219.", **KW).required_silence_ms == 2000
     doubted = judge(0.01, "Where is my order 4219.", complete_digit_counts=(4,), **KW).required_silence_ms

@@ -106,6 +106,12 @@ def text_kind(text: str, complete_digit_counts: tuple[int, ...] = ()) -> str:
     t = text.strip()
     if not t:
         return "empty"
+    if t.endswith(",") and complete_digit_counts and trailing_digit_count(t) in complete_digit_counts:
+        # Whisper writes a digit list read one by one as "4, 2, 1, 9," (with 3 s of
+        # encoder padding it usually adds the last comma too): that comma is list
+        # punctuation, not the speaker trailing off, and the count says whether the
+        # number is complete.
+        return "number"
     if t.endswith(("...", "…", ",", "-", "—")):
         return "hold"  # Whisper's own "trailing off" marks
     last = "".join(ch for ch in t.split()[-1].lower() if ch.isalnum() or ch == "'")
