@@ -310,6 +310,12 @@ async def test_dtx_on_a_real_call_keeps_sequence_numbers_and_marks_talkspurts():
     await asyncio.sleep(1.5)
     playout.enqueue(Segment("a2", 0, tone(300, 500), (0, 5), [], "again", True))
     await asyncio.sleep(1.0)
+    # A replaced track (the edge never does it) goes on through aiortc's own loop.
+    before = len(rtp)
+    transceiver.sender.replaceTrack(Tone())
+    await asyncio.sleep(0.5)
+    assert len(rtp) - before >= 15 and track.readyState == "live"
+    del rtp[before:]
     for pc in (caller, edge):
         await pc.close()
     for task in tasks:

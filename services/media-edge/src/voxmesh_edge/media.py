@@ -343,10 +343,12 @@ class FastSender(RTCRtpSender):
         pt, ssrc = codec.payloadType, self._ssrc
         transport = self.transport
         packets = octets = 0
+        replaced = False
         try:
             while True:
                 if getattr(self, _S + "track") is not track:
-                    break  # replaced or removed: not something the edge does
+                    replaced = True  # replaceTrack (the edge never does): the stock loop takes over
+                    break
                 payload, pts = await track.next_payload()
                 if not self._enabled:
                     continue
@@ -370,6 +372,8 @@ class FastSender(RTCRtpSender):
             pass
         except Exception:
             log.exception("RTP send loop failed")
+        if replaced:
+            return await super()._run_rtp(codec)
         # as aiortc's loop ends: stop the track, say the loop exited
         if getattr(self, _S + "track"):
             getattr(self, _S + "track").stop()
