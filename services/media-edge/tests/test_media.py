@@ -310,11 +310,13 @@ async def test_dtx_on_a_real_call_keeps_sequence_numbers_and_marks_talkspurts():
     await asyncio.sleep(1.5)
     playout.enqueue(Segment("a2", 0, tone(300, 500), (0, 5), [], "again", True))
     await asyncio.sleep(1.0)
-    # A replaced track (the edge never does it) goes on through aiortc's own loop.
+    # A replaced track (the edge never does it) goes on, encoded by aiortc,
+    # with the sequence numbers running on (SRTP would drop a restart).
     before = len(rtp)
     transceiver.sender.replaceTrack(Tone())
     await asyncio.sleep(0.5)
     assert len(rtp) - before >= 15 and track.readyState == "live"
+    assert all((b[0] - a[0]) % 65536 == 1 for a, b in zip(rtp[before - 1 :], rtp[before:]))
     del rtp[before:]
     for pc in (caller, edge):
         await pc.close()

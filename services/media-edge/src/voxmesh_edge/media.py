@@ -343,37 +343,46 @@ class FastSender(RTCRtpSender):
         pt, ssrc = codec.payloadType, self._ssrc
         transport = self.transport
         packets = octets = 0
-        replaced = False
         try:
             while True:
-                if getattr(self, _S + "track") is not track:
-                    replaced = True  # replaceTrack (the edge never does): the stock loop takes over
-                    break
-                payload, pts = await track.next_payload()
-                if not self._enabled:
+                current = getattr(self, _S + "track")
+                if current is track:
+                    payload, pts = await track.next_payload()
+                    if not self._enabled:
+                        continue
+                    payloads, pts, marker = (payload,), pts, track.talkspurt_start
+                elif not current:
+                    await asyncio.sleep(0.02)
                     continue
-                now = time.time() + _NTP_EPOCH_OFFSET
+                else:
+                    # replaceTrack (the edge never does it): aiortc's encoder for
+                    # the new track, in this loop, so the sequence numbers (SRTP's
+                    # replay index) run on.
+                    frame = await self._next_encoded_frame(codec)
+                    if frame is None:
+                        continue
+                    payloads, pts, marker = frame.payloads, frame.timestamp, 1
                 timestamp = (ts_origin + pts) & 0xFFFFFFFF
-                header = _RTP_HEADER.pack(first, (track.talkspurt_start << 7) | pt, seq, timestamp, ssrc)
-                if tail is None:
-                    data = b"".join((header, head, payload))
-                else:  # abs-send-time: 6.18 fixed-point seconds, 24 bits
-                    data = b"".join((header, head, (int(now * 262144) & 0xFFFFFF).to_bytes(3, "big"), tail, payload))
-                await transport._send_rtp(data)
-                # What aiortc's RTCP sender reports read (and what it counts).
-                setattr(self, _S + "ntp_timestamp", int(now * 4294967296.0))
-                setattr(self, _S + "rtp_timestamp", timestamp)
-                octets += len(payload)
-                packets += 1
-                setattr(self, _S + "octet_count", octets)
-                setattr(self, _S + "packet_count", packets)
-                seq = (seq + 1) & 0xFFFF
+                for payload in payloads:
+                    now = time.time() + _NTP_EPOCH_OFFSET
+                    header = _RTP_HEADER.pack(first, (marker << 7) | pt, seq, timestamp, ssrc)
+                    if tail is None:
+                        data = b"".join((header, head, payload))
+                    else:  # abs-send-time: 6.18 fixed-point seconds, 24 bits
+                        data = b"".join((header, head, (int(now * 262144) & 0xFFFFFF).to_bytes(3, "big"), tail, payload))
+                    await transport._send_rtp(data)
+                    # What aiortc's RTCP sender reports read (and what it counts).
+                    setattr(self, _S + "ntp_timestamp", int(now * 4294967296.0))
+                    setattr(self, _S + "rtp_timestamp", timestamp)
+                    octets += len(payload)
+                    packets += 1
+                    setattr(self, _S + "octet_count", octets)
+                    setattr(self, _S + "packet_count", packets)
+                    seq = (seq + 1) & 0xFFFF
         except (asyncio.CancelledError, ConnectionError, MediaStreamError):
             pass
         except Exception:
             log.exception("RTP send loop failed")
-        if replaced:
-            return await super()._run_rtp(codec)
         # as aiortc's loop ends: stop the track, say the loop exited
         if getattr(self, _S + "track"):
             getattr(self, _S + "track").stop()
