@@ -28,8 +28,6 @@ EVERY_CALL = {
 # In the metrics contract and read by the chart, recorded by no service yet.
 PENDING: set[str] = set()
 
-PROMPT = "Where is my order four two one nine?"
-
 
 def exported_types(text: str) -> dict[str, str]:
     """name -> type from the `# TYPE` lines of a Prometheus text exposition."""
@@ -51,9 +49,9 @@ def recorded_in_source(name: str) -> bool:
 
 def test_chart_metrics_are_exported_live(request, tmp_path):
     stack = chartlib.get_stack(request)
-    from voxmesh.testing.speech import say_to_wav
+    from voxmesh.testing.speech import ORDER_QUESTION, say_to_wav
 
-    wav = say_to_wav(PROMPT, tmp_path / "prompt.wav", lead_silence=1.0, tail_silence=1.5)
+    wav = say_to_wav(ORDER_QUESTION, tmp_path / "prompt.wav", lead_silence=1.0, tail_silence=1.5)
     result = stack.call(wav)
     assert result.get("agent_text"), f"the stack did not answer the call (not a chart problem): {result}"
 

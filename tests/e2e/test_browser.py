@@ -7,6 +7,8 @@ import time
 
 import pytest
 
+from voxmesh.testing.speech import ORDER_QUESTION
+
 pytestmark = [pytest.mark.e2e, pytest.mark.browser]
 
 
@@ -14,7 +16,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.browser]
 def browser(stack, tmp_path):
     from voxmesh.testing.webrtc import chromium
 
-    wav = stack.speech("Where is my order four two one nine?", "browser", rate=48000, lead_silence=1.5, tail_silence=6.0)
+    wav = stack.speech(ORDER_QUESTION, "browser", rate=48000, lead_silence=1.5, tail_silence=6.0)
     driver = chromium(wav, tmp_path / "profile")
     yield driver
     driver.quit()

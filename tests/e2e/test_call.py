@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import redis
 
-from voxmesh.testing.speech import read_pcm16, word_error_rate
+from voxmesh.testing.speech import ORDER_QUESTION, read_pcm16, word_error_rate
 from voxmesh.v1 import stt_pb2, stt_pb2_grpc
 
 pytestmark = pytest.mark.e2e
@@ -42,7 +42,7 @@ def transcribe(stack, wav_path: str) -> str:
 
 
 def test_order_question_gets_the_real_status_spoken_back(stack):
-    wav = stack.speech("Where is my order four two one nine?", "order")
+    wav = stack.speech(ORDER_QUESTION, "order")
     out = stack.workdir / "reply.wav"
     # through the real CLI entry point, as a user would run it
     proc = subprocess.run(

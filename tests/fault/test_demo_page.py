@@ -18,10 +18,10 @@ pytestmark = [pytest.mark.fault, pytest.mark.browser]
 @pytest.fixture
 def page(cluster, tmp_path):
     from voxmesh.testing.webrtc import chromium
-    from voxmesh.testing.speech import say_to_wav
+    from voxmesh.testing.speech import ORDER_QUESTION, say_to_wav
 
     # Turn 1 at ~1.5 s; turn 2 ~20 s later, after the first reply and the move.
-    a = say_to_wav("Where is my order four two one nine?", tmp_path / "a.wav", rate=48000, lead_silence=1.5, tail_silence=20.0)
+    a = say_to_wav(ORDER_QUESTION, tmp_path / "a.wav", rate=48000, lead_silence=1.5, tail_silence=20.0)
     b = say_to_wav("Thank you very much", tmp_path / "b.wav", rate=48000, tail_silence=8.0)
     wav = tmp_path / "two-turns.wav"
     subprocess.run(["sox", str(a), str(b), str(wav)], check=True)

@@ -18,12 +18,13 @@ import urllib.request
 import pytest
 
 from faultlib import assert_no_duplicate_clauses
+from voxmesh.testing.speech import ORDER_QUESTION
 
 pytestmark = pytest.mark.fault
 
 
 def test_edge_killed_the_client_resumes_on_the_other_edge_with_full_history(cluster):
-    order = cluster.speech("Where is my order four two one nine?", "order")
+    order = cluster.speech(ORDER_QUESTION, "order")
     follow = cluster.speech("What was my order number?", "which")
     killed: list = []
 
@@ -64,7 +65,7 @@ def test_edge_sigterm_moves_the_live_session_and_it_goes_on(cluster):
     """Through the real CLI entry point: SIGTERM the edge once the first reply
     is stored; the edge drains, moves the client between turns, and the
     second turn is answered on the other edge in the same conversation."""
-    order = cluster.speech("Where is my order four two one nine?", "order")
+    order = cluster.speech(ORDER_QUESTION, "order")
     follow = cluster.speech("Thank you very much", "thanks")
     first = None
     proc = subprocess.Popen(
@@ -113,7 +114,7 @@ def _known_sessions(cluster):
 
 
 def test_purge_erases_the_conversation_and_makes_its_token_stale(cluster):
-    order = cluster.speech("Where is my order four two one nine?", "order")
+    order = cluster.speech(ORDER_QUESTION, "order")
     tokens: list[str] = []
     result = cluster.call(order, on_event=lambda ev: tokens.append(ev["resume_token"]) if ev["type"] == "session" else None)
     sid, token = result["session_id"], tokens[0]

@@ -11,6 +11,7 @@ import time
 import pytest
 
 from faultlib import assert_no_duplicate_clauses
+from voxmesh.testing.speech import ORDER_QUESTION
 
 pytestmark = pytest.mark.fault
 
@@ -31,7 +32,7 @@ def _kill_on(cluster, killed: list, when):
 
 
 def test_killed_mid_reply_the_reply_is_finished_once_and_the_call_goes_on(cluster):
-    order = cluster.speech("Where is my order four two one nine?", "order")
+    order = cluster.speech(ORDER_QUESTION, "order")
     follow = cluster.speech("Thank you very much", "thanks")
     killed: list = []
     try:
@@ -58,7 +59,7 @@ def test_killed_mid_reply_the_reply_is_finished_once_and_the_call_goes_on(cluste
 
 
 def test_killed_mid_user_turn_the_turn_is_answered_once(cluster):
-    order = cluster.speech("Where is my order four two one nine?", "order")
+    order = cluster.speech(ORDER_QUESTION, "order")
     killed: list = []
     try:
         result = cluster.call(order, on_event=_kill_on(cluster, killed, lambda e: e["type"] in ("speech_started", "interim")))
@@ -78,7 +79,7 @@ def test_sigterm_hands_the_session_to_the_other_replica_between_turns(cluster):
     """A draining orchestrator ends each stream as soon as its conversation is
     idle (UNAVAILABLE "draining"); the edge reconnects to the other replica at
     once, and the next turn is answered there."""
-    order = cluster.speech("Where is my order four two one nine?", "order")
+    order = cluster.speech(ORDER_QUESTION, "order")
     follow = cluster.speech("Thank you very much", "thanks")
     stopped: list = []
 
