@@ -17,7 +17,7 @@ import yaml
 
 import chartlib
 from voxmesh.testing.servers import stop_process
-from test_metrics_live import PROMPT, scrape_all
+from test_metrics_live import scrape_all
 
 pytestmark = [pytest.mark.e2e, pytest.mark.chart]
 
@@ -82,7 +82,7 @@ def prometheus(request, tmp_path):
 
 def test_ttfa_p95_recording_rule_answers_after_a_call(prometheus, tmp_path):
     stack, base = prometheus
-    from voxmesh.testing.speech import say_to_wav
+    from voxmesh.testing.speech import ORDER_QUESTION, say_to_wav
 
     # every target scraped and healthy before the call
     jobs = set(stack.metrics_urls)
@@ -93,7 +93,7 @@ def test_ttfa_p95_recording_rule_answers_after_a_call(prometheus, tmp_path):
 
     existed_before = "voxmesh_ttfa_seconds" in scrape_all(stack).get("edge", {})
     time.sleep(2)  # two scrapes of the pre-call state
-    wav = say_to_wav(PROMPT, tmp_path / "prompt.wav", lead_silence=1.0, tail_silence=1.5)
+    wav = say_to_wav(ORDER_QUESTION, tmp_path / "prompt.wav", lead_silence=1.0, tail_silence=1.5)
     result = stack.call(wav)
     assert result.get("agent_text"), f"the stack did not answer the call (not a chart problem): {result}"
 
