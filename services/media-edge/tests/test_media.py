@@ -106,17 +106,25 @@ class Tone(MediaStreamTrack):
         return frame
 
 
-async def test_a_call_on_the_fast_path_both_ways():
+async def offer_to_edge(track: PacedOpusTrack) -> tuple[RTCPeerConnection, RTCPeerConnection, object]:
+    """A caller sending a tone offers to an edge PeerConnection that answers
+    with `track` as its audio: (caller, edge, the edge's transceiver), before
+    the answer (so the transceiver can still be accelerated)."""
     configure_ice_hosts(("127.0.0.1",))
     caller, edge = RTCPeerConnection(), RTCPeerConnection()
     caller.addTrack(Tone())
     await caller.setLocalDescription(await caller.createOffer())
     await edge.setRemoteDescription(caller.localDescription)
-    playout = Playout(lambda *a: None, lambda t: None)
-    track = PacedOpusTrack(playout)
     (transceiver,) = edge.getTransceivers()
     transceiver.sender.replaceTrack(track)
     transceiver.direction = "sendrecv"
+    return caller, edge, transceiver
+
+
+async def test_a_call_on_the_fast_path_both_ways():
+    playout = Playout(lambda *a: None, lambda t: None)
+    track = PacedOpusTrack(playout)
+    caller, edge, transceiver = await offer_to_edge(track)
     did = accelerate(transceiver, track, reorder_frames=2, chunk_ms=40)
     assert did == {"receiver": True, "encoder": True, "sender": True}
     assert isinstance(transceiver.receiver, FastReceiver)
@@ -272,16 +280,9 @@ async def test_dtx_on_a_real_call_keeps_sequence_numbers_and_marks_talkspurts():
     """aiortc as the receiving client: across DTX gaps the sequence numbers stay
     contiguous (no loss), RTP timestamps jump by the silence skipped, the marker
     bit opens each talkspurt, and both of the agent's sentences play."""
-    configure_ice_hosts(("127.0.0.1",))
-    caller, edge = RTCPeerConnection(), RTCPeerConnection()
-    caller.addTrack(Tone())
-    await caller.setLocalDescription(await caller.createOffer())
-    await edge.setRemoteDescription(caller.localDescription)
     playout = Playout(lambda *a: None, lambda t: None)
     track = PacedOpusTrack(playout, dtx=True, dtx_interval_ms=200)
-    (transceiver,) = edge.getTransceivers()
-    transceiver.sender.replaceTrack(track)
-    transceiver.direction = "sendrecv"
+    caller, edge, transceiver = await offer_to_edge(track)
     assert accelerate(transceiver, track)["sender"]
     assert isinstance(transceiver.sender, FastSender)
     (theirs,) = caller.getTransceivers()
