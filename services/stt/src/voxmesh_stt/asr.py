@@ -28,7 +28,6 @@ it started is dropped instead of run.
 from __future__ import annotations
 
 import functools
-import heapq
 import itertools
 import logging
 import math
@@ -354,7 +353,10 @@ class DecodeScheduler:
     """
 
     def __init__(self, name: str = "asr", lanes: int = 1, low_priority: int = PRIO_INTERIM) -> None:
-        self._heap: list[tuple[int, int, Future, Callable[[], Any]]] = []
+        # Waiting jobs (priority, submit order, future, fn); a handful at most,
+        # so picking one is a scan (a heap cannot skip the interims a full set
+        # of interim lanes must leave waiting).
+        self._jobs: list[tuple[int, int, Future, Callable[[], Any]]] = []
         self._seq = itertools.count()
         self._cv = threading.Condition()
         self._lanes = max(1, lanes)
@@ -373,43 +375,38 @@ class DecodeScheduler:
         with self._cv:
             if self._closed:
                 raise RuntimeError("decode scheduler is closed")
-            heapq.heappush(self._heap, (priority, next(self._seq), fut, fn))
+            self._jobs.append((priority, next(self._seq), fut, fn))
             self._cv.notify_all()
         return fut
 
     def backlog(self) -> int:
         """Jobs waiting or running (cancelled ones still queued are not counted)."""
         with self._cv:
-            return len(self._running) + sum(1 for _, _, f, _ in self._heap if not f.cancelled())
+            return len(self._running) + sum(1 for _, _, f, _ in self._jobs if not f.cancelled())
 
     def _runnable(self) -> int | None:
-        """Index in the heap of the job to start now, or None. (Called with the lock.)"""
+        """Index of the job to start now (a cancelled one first: it is dropped),
+        or None. Called with the lock."""
         low_running = sum(1 for p in self._running if p >= self._low_priority)
         low_allowed = self._lanes if self._lanes == 1 else self._lanes - 1
-        best: int | None = None
-        for i, (prio, seq, fut, _) in enumerate(self._heap):
-            if fut.cancelled():
-                return i  # dropped at once by the caller
-            if prio >= self._low_priority and low_running >= low_allowed:
-                continue
-            if best is None or (prio, seq) < self._heap[best][:2]:
-                best = i
-        return best
+        eligible = [i for i, (prio, _, fut, _) in enumerate(self._jobs)
+                    if fut.cancelled() or prio < self._low_priority or low_running < low_allowed]
+        cancelled = [i for i in eligible if self._jobs[i][2].cancelled()]
+        if cancelled:
+            return cancelled[0]
+        return min(eligible, key=lambda i: self._jobs[i][:2], default=None)
 
     def _work(self) -> None:
         while True:
             with self._cv:
                 while True:
-                    if self._closed and not self._heap:
+                    if self._closed and not self._jobs:
                         return
                     i = self._runnable() if len(self._running) < self._lanes else None
                     if i is not None:
                         break
                     self._cv.wait()
-                prio, _, fut, fn = self._heap[i]
-                self._heap[i] = self._heap[-1]
-                self._heap.pop()
-                heapq.heapify(self._heap)
+                prio, _, fut, fn = self._jobs.pop(i)
                 if not fut.set_running_or_notify_cancel():
                     continue
                 self._running.append(prio)
@@ -425,7 +422,7 @@ class DecodeScheduler:
     def close(self) -> None:
         with self._cv:
             self._closed = True
-            for _, _, fut, _ in self._heap:
+            for _, _, fut, _ in self._jobs:
                 fut.cancel()
-            self._heap.clear()
+            self._jobs.clear()
             self._cv.notify_all()
