@@ -48,17 +48,6 @@ class EchoGuard:
     def played(self, pcm48: np.ndarray) -> None:
         """Record one tick of output (48 kHz). Decimation without a filter is
         enough for correlating speech envelopes and costs nothing per tick."""
-        if pcm48 is SILENCE:  # an idle playout's tick: zeros, known silent
-            n, size = -(-pcm48.size // 3), self._buf.size
-            end = self._pos + n
-            if end <= size:
-                self._buf[self._pos : end] = 0.0
-            else:
-                self._buf[self._pos :] = 0.0
-                self._buf[: end - size] = 0.0
-            self._pos = end % size
-            self._audible_ticks = max(0, self._audible_ticks - 1)
-            return
         x = pcm48[::3]
         n, size = x.size, self._buf.size
         end = self._pos + n
@@ -69,7 +58,9 @@ class EchoGuard:
             self._buf[self._pos :] = x[:k]
             self._buf[: n - k] = x[k:]
         self._pos = end % size
-        self._audible_ticks = self._audible_ticks + 1 if pcm48.any() else max(0, self._audible_ticks - 1)
+        # an idle playout's tick is the shared SILENCE frame: known silent, not scanned
+        audible = pcm48 is not SILENCE and bool(pcm48.any())
+        self._audible_ticks = self._audible_ticks + 1 if audible else max(0, self._audible_ticks - 1)
 
     def recently_audible(self) -> bool:
         return self._audible_ticks > 0 or bool(np.any(self._tail(self.max_delay)))

@@ -218,14 +218,13 @@ class PacedOpusTrack(MediaStreamTrack):
         first packet after a gap (speech again) opens a talkspurt:
         `talkspurt_start` is True when it is returned (FastSender sets the RTP
         marker bit from it, RFC 3551 4.1)."""
-        while True:
-            out = await self._next()
-            if out is not None:
-                return self._packet(*out) if type(out) is tuple else out
+        out = await self.next_payload()
+        return self._packet(*out) if type(out) is tuple else out
 
-    async def next_payload(self) -> tuple[bytes, int]:
-        """What recv() returns, as (Opus payload, RTP timestamp offset at 48 kHz)
-        without the av.Packet (FastSender's per-packet path). Opus only."""
+    async def next_payload(self):
+        """What recv() returns, without the av.Packet (FastSender's per-packet
+        path): (Opus payload, RTP timestamp offset at 48 kHz), or the PCM frame
+        when not encoding here."""
         while True:
             out = await self._next()
             if out is not None:
