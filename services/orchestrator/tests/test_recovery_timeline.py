@@ -79,6 +79,16 @@ def new_conv(store, llm, edge, holder) -> Conversation:
     return conv
 
 
+async def first_replica(llm, **edge_kw) -> tuple:
+    """A new session's store and edge and the first replica's conversation on
+    them, started: (store, holder, edge, conv)."""
+    store, holder = InMemorySessionStoreDouble(), {}
+    edge = ResumingEdge(holder, **edge_kw)
+    conv = new_conv(store, llm, edge, holder)
+    await conv.start(resumed=False)
+    return store, holder, edge, conv
+
+
 async def user_says(conv, utt: int, text: str) -> None:
     await conv.handle(speech("speech_started", utt))
     await conv.handle(speech("final", utt, text=text))
@@ -101,11 +111,8 @@ async def die_after_two_clauses(llm2) -> tuple:
     """A replica answers "Where is my order?" with FOUR and dies once two clauses
     are said (the rest never generated); a successor with `llm2` takes the
     session over and gets 20 s. Returns (store, edge, first llm, successor)."""
-    store, holder = InMemorySessionStoreDouble(), {}
-    edge = ResumingEdge(holder)
     llm = ScriptedLlmDouble(FOUR, token_s=0.3)
-    conv = new_conv(store, llm, edge, holder)
-    await conv.start(resumed=False)
+    store, holder, edge, conv = await first_replica(llm)
     await user_says(conv, 1, "Where is my order?")
     await wait_for(lambda: len(says(edge)) == 2)
     await conv.close()
@@ -121,10 +128,7 @@ async def die_after_two_clauses(llm2) -> tuple:
     ["speech_started", "final", "end_of_turn_lost"],  # EndOfTurn sent, never committed
 ])
 async def test_a_turn_not_yet_committed_is_answered_once_from_the_edge_replay(before_death):
-    store, holder = InMemorySessionStoreDouble(), {}
-    edge = ResumingEdge(holder)
-    conv = new_conv(store, ScriptedLlmDouble(FOUR, token_s=0.3), edge, holder)
-    await conv.start(resumed=False)
+    store, holder, edge, conv = await first_replica(ScriptedLlmDouble(FOUR, token_s=0.3))
     for kind in before_death:
         if kind == "speech_started":
             await conv.handle(speech("speech_started", 1))
@@ -147,11 +151,8 @@ async def test_a_turn_not_yet_committed_is_answered_once_from_the_edge_replay(be
 
 
 async def test_turn_committed_before_any_clause_is_answered_once_by_the_successor():
-    store, holder = InMemorySessionStoreDouble(), {}
-    edge = ResumingEdge(holder)
     llm = ScriptedLlmDouble(FOUR, token_s=0.5)
-    conv = new_conv(store, llm, edge, holder)
-    await conv.start(resumed=False)
+    store, holder, edge, conv = await first_replica(llm)
     await user_says(conv, 1, "Where is my order?")
     await asyncio.sleep(0.1)  # generating, nothing said yet
     await conv.close()  # the replica dies
@@ -190,11 +191,8 @@ async def test_a_pre_synthesized_first_clause_is_recorded_before_it_plays():
     clause the caller hears is in the record, so the successor continues after
     it (it does not answer from the start with a first clause the edge would
     ignore and history would hold unheard)."""
-    store, holder = InMemorySessionStoreDouble(), {}
-    edge = ResumingEdge(holder)
     llm = ScriptedLlmDouble(FOUR, token_s=0.02)
-    conv = new_conv(store, llm, edge, holder)
-    await conv.start(resumed=False)
+    store, holder, edge, conv = await first_replica(llm)
     await conv.handle(speech("speech_started", 1))
     await conv.handle(speech("final", 1, text="Where is my order?"))
     await wait_for(lambda: any(c.WhichOneof("command") == "say" and c.say.provisional for c in edge.commands))
@@ -252,11 +250,8 @@ async def test_a_new_edge_gets_the_unplayed_clauses_of_a_finished_reply():
     """Edge loss: the reply was generated and committed; the user heard the first
     clause whole and part of the second. The new edge gets clauses 1..3 (the
     partly heard one from its start); nothing is generated again."""
-    store, holder = InMemorySessionStoreDouble(), {}
-    edge = ResumingEdge(holder, chars_per_s=15)
     llm = ScriptedLlmDouble(FOUR, token_s=0.01)
-    conv = new_conv(store, llm, edge, holder)
-    await conv.start(resumed=False)
+    store, holder, edge, conv = await first_replica(llm, chars_per_s=15)
     await user_says(conv, 1, "Where is my order?")
     await wait_for(lambda: 0 in conv.reply.played if conv.reply else False)
     await asyncio.sleep(0.5)
@@ -276,10 +271,7 @@ async def test_a_new_edge_gets_the_unplayed_clauses_of_a_finished_reply():
 
 
 async def test_a_reply_heard_whole_or_interrupted_is_left_alone():
-    store, holder = InMemorySessionStoreDouble(), {}
-    edge = ResumingEdge(holder)
-    conv = new_conv(store, ScriptedLlmDouble(FOUR, token_s=0.01), edge, holder)
-    await conv.start(resumed=False)
+    store, holder, edge, conv = await first_replica(ScriptedLlmDouble(FOUR, token_s=0.01))
     await user_says(conv, 1, "Where is my order?")
     await asyncio.sleep(20)
     assert conv.reply is None
