@@ -34,7 +34,7 @@ def test_stt_killed_mid_utterance_the_utterance_is_transcribed_whole(cluster):
         assert killed and result["completed"], cluster.logs()
         assert len(result["turns"]) == 1
         said = result["turns"][0]["user"].lower()
-        assert "order" in said and "check" in said, said
+        assert "order" in said and "where" in said, said
         # the digits came after the kill: the answer proves they were heard
         history = cluster.history(result["session_id"])
         assert [m["role"] for m in history] == ["user", "assistant"]

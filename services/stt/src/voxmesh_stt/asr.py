@@ -11,10 +11,9 @@ one encoder pass + one bounded greedy/beam search at temperature 0:
   its cost is ~25 ms per second of window here, so an 8 s pad is most of it).
   With little padding Whisper tends to say the sentence again after it ends
   ("where is my door? where is my door?") or loop on a clip cut mid-word; such
-  a result is cut where the repetition starts. Measured at the end of the
-  understanding bench's 40 utterances: WER 0.121 at 3 s of padding against 0.135
-  at 8 s, a decode of 0.25 s instead of 0.33 s (bench/understanding/
-  probe_pauses.py --pads, probe_padding.py with interims and forced prefixes);
+  a result is cut where the repetition starts (not redone on the full window:
+  ~1 s on the end-of-turn path). Padding: settings.encoder_pad_s (8 s; why not
+  the cheaper 3 s is said there);
 - the token budget is bounded by the clip length;
 - a `prefix` (the stable part of earlier interims) is forced into the decoder, so
   later results keep it by construction and the search only covers the new words.
@@ -188,7 +187,7 @@ class WhisperAsr:
     def encode_text(self, text: str) -> list[int]:
         return self.tokenizer.encode(" " + text.strip()) if text.strip() else []
 
-    def plan(self, audio: np.ndarray, *, prefix: str = "", pad_s: float = 3.0, max_tokens_per_s: float = 8.0) -> "Plan":
+    def plan(self, audio: np.ndarray, *, prefix: str = "", pad_s: float = 8.0, max_tokens_per_s: float = 8.0) -> "Plan":
         audio = np.asarray(audio, dtype=np.float32)[: int(FULL_WINDOW_S * SAMPLE_RATE)]
         duration = audio.size / SAMPLE_RATE
         prefix_tokens = self.encode_text(prefix)
@@ -312,7 +311,7 @@ class WhisperAsr:
         *,
         beam_size: int = 1,
         prefix: str = "",
-        pad_s: float = 3.0,
+        pad_s: float = 8.0,
         max_tokens_per_s: float = 8.0,
     ) -> DecodeResult:
         """Transcribe float32 16 kHz `audio` (at most 30 s) that must start with

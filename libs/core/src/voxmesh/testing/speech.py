@@ -10,13 +10,13 @@ import wave
 import numpy as np
 
 # The order question the end-to-end and fault tests ask, whose answer ("out for
-# delivery") proves the digits were heard. Phrased so that tiny.en reads the
-# digits on espeak-ng's voice whatever the clip's end and encoder padding: on
-# "Where is my order four two one nine?" it says "...for to one line?" or
-# "...one eye?" at most cut points and 3-8 s of padding, and "nine" only at a
-# few (which the tests used to depend on by luck of timing); this phrasing
-# gave "...for two one nine?" at every point probed.
-ORDER_QUESTION = "Can you check my order four two one nine?"
+# delivery") proves the digits were heard. tiny.en on espeak-ng's voice is on a
+# knife edge with it ("...for to one nine" or "...one line/eye" depending on the
+# clip's end, the forced prefix and the encoder padding); the stt defaults are
+# chosen so that it passes (see stt settings.encoder_pad_s). "Can you check my
+# order four two one nine?" was tried and was no better through the stt-kill
+# replay ("...for to one line?" at 3 s of padding, "...for two well?" at 8 s).
+ORDER_QUESTION = "Where is my order four two one nine?"
 
 
 def require_tools() -> None:
