@@ -374,3 +374,128 @@ def test_an_idle_playout_tick_is_the_shared_silence_and_the_echo_guard_records_i
             guard.played(silence)
     assert np.array_equal(fast._ref, slow._ref) and fast._pos == slow._pos
     assert fast._audible_ticks == slow._audible_ticks
+
+
+class EchoLog:
+    """What the playout hands the echo guard, in order: frames one by one
+    (on_output) and skipped silent ticks in one call (on_silence)."""
+
+    def __init__(self, playout: Playout):
+        from voxmesh_edge.echo import EchoGuard
+
+        self.guard = EchoGuard()
+        self.events: list = []
+        playout.on_output = self.output
+        playout.on_silence = self.silence
+
+    def output(self, pcm):
+        self.events.append(pcm.copy())
+        self.guard.played(pcm)
+
+    def silence(self, frames: int):
+        self.events.append(frames)
+        self.guard.silence(frames)
+
+    def frames(self) -> int:
+        return sum(e if isinstance(e, int) else 1 for e in self.events)
+
+    def fed_every_tick(self):
+        """A guard given the same output with a write every tick, as before."""
+        from voxmesh_edge.echo import EchoGuard
+
+        slow = EchoGuard()
+        for e in self.events:
+            for _ in range(e if isinstance(e, int) else 0):
+                slow.played(np.zeros(960, np.int16))
+            if not isinstance(e, int):
+                slow.played(e)
+        return slow
+
+
+@pytest.mark.parametrize("ptime_ms", [20, 40])
+async def test_an_idle_track_wakes_for_keepalives_only(ptime_ms):
+    per = ptime_ms // 20
+    playout = Playout(lambda *a: None, lambda t: None)
+    log = EchoLog(playout)
+    track = PacedOpusTrack(playout, ptime_ms=ptime_ms, dtx=True, dtx_interval_ms=200)
+    assert track.use_opus()
+    log.guard.sync = track.catch_up
+    every = 200 // ptime_ms
+    playout.enqueue(Segment("a1", 0, tone(100), (0, 5), [], "hello", True))
+    sent = [await track.recv()]
+    while len(bytes(sent[-1])) > 1:  # speech, the encoder's decay, the first DTX packet
+        sent.append(await track.recv())
+    d = sent[-1].pts // (960 * per)  # its packet period
+    assert [p.pts for p in sent] == [960 * per * i for i in range(d + 1)] and d == -(-5 // per) + 5  # 100 ms of tone, then 5 of decay
+    ticker, base = track._ticker, track._tick - d * per
+    sleeping = asyncio.ensure_future(track.recv())
+    await asyncio.sleep(0.06)
+    # The track waits on one tick only, the keep-alive's, not on the next ones.
+    assert not sleeping.done()
+    assert [k for k, futs in ticker._waiters.items() if track._wake in futs] == [base + (d + every) * per + per - 1]
+    p = await sleeping
+    assert p.pts == (d + every) * 960 * per and len(bytes(p)) == 1
+    # The periods in between reached the echo guard in one call, as silence.
+    assert log.events[-1 - per] == (every - 1) * per
+    assert all(not f.any() for f in log.events[-per:])
+    assert log.frames() == (d + every + 1) * per
+    slow = log.fed_every_tick()
+    assert np.array_equal(log.guard._ref, slow._ref) and log.guard._pos == slow._pos
+    assert log.guard._audible_ticks == slow._audible_ticks
+    track.stop()
+
+
+async def test_audio_queued_in_a_dtx_gap_goes_out_on_the_next_tick_with_its_rtp_timestamp():
+    playout = Playout(lambda *a: None, lambda t: None)
+    log = EchoLog(playout)
+    track = PacedOpusTrack(playout, dtx=True, dtx_interval_ms=400)  # keep-alive every 20 ticks
+    assert track.use_opus()
+    log.guard.sync = track.catch_up
+    playout.enqueue(Segment("a1", 0, tone(100), (0, 5), [], "hello", True))
+    for _ in range(11):
+        await track.recv()
+    ticker, base = track._ticker, track._tick - 10
+    sleeping = asyncio.ensure_future(track.recv())
+    await asyncio.sleep(0.13)  # ~6 ticks into the gap, well before the keep-alive (tick 30)
+    k1 = ticker.next_tick()
+    playout.enqueue(Segment("a2", 0, tone(60, 500), (0, 5), [], "again", True))
+    k2 = ticker.next_tick()
+    p = await sleeping
+    # The first tick not yet due when the audio came: its RTP timestamp counts
+    # every tick of the gap, and it opens a talkspurt.
+    assert k1 - base <= p.pts // 960 <= k2 - base < 30
+    assert p.pts // 960 > 13 and track.talkspurt_start and len(bytes(p)) > 20
+    assert log.frames() == p.pts // 960 + 1
+    slow = log.fed_every_tick()
+    assert np.array_equal(log.guard._ref, slow._ref) and log.guard._pos == slow._pos
+    q = await track.recv()
+    assert q.pts == p.pts + 960 and not track.talkspurt_start
+    track.stop()
+
+
+async def test_the_echo_guard_is_brought_up_to_date_while_the_track_sleeps():
+    playout = Playout(lambda *a: None, lambda t: None)
+    log = EchoLog(playout)
+    track = PacedOpusTrack(playout, dtx=True, dtx_interval_ms=10000)
+    assert track.use_opus()
+    guard = log.guard
+    guard.sync = track.catch_up
+    playout.enqueue(Segment("a1", 0, tone(100), (0, 5), [], "hello", True))
+    for _ in range(11):
+        await track.recv()
+    base = track._tick - 10
+    sleeping = asyncio.ensure_future(track.recv())
+    await asyncio.sleep(0.05)
+    assert guard.recently_audible()  # the tone is within the last 0.6 s
+    await asyncio.sleep(0.7)
+    # 0.7 s of the gap later the tone is out of the guard's window, though
+    # the track has not woken up: the check accounted the ticks due.
+    k1 = track._ticker.next_tick()
+    assert not guard.recently_audible()
+    k2 = track._ticker.next_tick()
+    assert k1 - base <= log.frames() <= k2 - base
+    assert guard._pos == log.frames() * 320 % guard._buf.size
+    assert not sleeping.done()
+    track.stop()  # ends the sleeping recv() now, not at the keep-alive 10 s away
+    with pytest.raises(MediaStreamError):
+        await asyncio.wait_for(sleeping, 2.0)

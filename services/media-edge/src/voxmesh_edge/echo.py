@@ -11,11 +11,14 @@ strong match means echo, so the onset is not a barge-in.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
-from voxmesh_edge.audio import SILENCE
+from voxmesh_edge.audio import SILENCE, WEBRTC_FRAME_SAMPLES
 
 RATE = 16000
+FRAME_REF = WEBRTC_FRAME_SAMPLES // 3  # reference samples per 20 ms output frame
 
 
 class EchoGuard:
@@ -31,10 +34,21 @@ class EchoGuard:
         self.max_delay = int(max_delay_s * RATE)
         self.threshold = threshold
         self._audible_ticks = 0
+        # Samples at the end of the ring known to be zero (capped at its size):
+        # once the whole ring is silence, silent ticks need no write at all,
+        # only the position moves on.
+        self._zero_run = self._buf.size
+        # Called before the history is read: a playout track that sleeps
+        # through idle ticks (media.PacedOpusTrack with DTX) accounts the
+        # silent ticks already due, so a check between its wake-ups sees the
+        # history it would have seen with a write every tick.
+        self.sync: Callable[[], None] | None = None
 
     @property
     def _ref(self) -> np.ndarray:
         """The played history, oldest first."""
+        if self.sync is not None:
+            self.sync()
         return np.concatenate((self._buf[self._pos :], self._buf[: self._pos]))
 
     def _tail(self, n: int) -> np.ndarray:
@@ -48,6 +62,10 @@ class EchoGuard:
     def played(self, pcm48: np.ndarray) -> None:
         """Record one tick of output (48 kHz). Decimation without a filter is
         enough for correlating speech envelopes and costs nothing per tick."""
+        if pcm48 is SILENCE:
+            # an idle playout's tick is the shared SILENCE frame: known silent, not scanned
+            self.silence(1)
+            return
         x = pcm48[::3]
         n, size = x.size, self._buf.size
         end = self._pos + n
@@ -58,12 +76,41 @@ class EchoGuard:
             self._buf[self._pos :] = x[:k]
             self._buf[: n - k] = x[k:]
         self._pos = end % size
-        # an idle playout's tick is the shared SILENCE frame: known silent, not scanned
-        audible = pcm48 is not SILENCE and bool(pcm48.any())
-        self._audible_ticks = self._audible_ticks + 1 if audible else max(0, self._audible_ticks - 1)
+        if pcm48.any():
+            self._audible_ticks += 1
+            self._zero_run = 0
+        else:
+            self._audible_ticks = max(0, self._audible_ticks - 1)
+            self._zero_run = min(size, self._zero_run + n)
+
+    def silence(self, frames: int) -> None:
+        """Record `frames` silent output frames at once: exactly what as many
+        played(SILENCE) calls would leave, without a write once the ring is
+        all silence (the position still moves on, arithmetically)."""
+        if frames <= 0:
+            return
+        n, size = frames * FRAME_REF, self._buf.size
+        if self._zero_run < size:
+            if n >= size:
+                self._buf[:] = 0
+            else:
+                end = self._pos + n
+                if end <= size:
+                    self._buf[self._pos : end] = 0
+                else:
+                    self._buf[self._pos :] = 0
+                    self._buf[: end - size] = 0
+        self._zero_run = min(size, self._zero_run + n)
+        self._pos = (self._pos + n) % size
+        self._audible_ticks = max(0, self._audible_ticks - frames)
 
     def recently_audible(self) -> bool:
-        return self._audible_ticks > 0 or bool(np.any(self._tail(self.max_delay)))
+        if self.sync is not None:
+            self.sync()
+        if self._audible_ticks > 0:
+            return True
+        # the last max_delay samples are all zero when the zero run covers them
+        return self._zero_run < self.max_delay and bool(np.any(self._tail(self.max_delay)))
 
     def similarity(self, mic16: np.ndarray) -> float:
         """Peak normalized cross-correlation of `mic16` with the played audio at

@@ -24,8 +24,9 @@ Here, per session:
   it, not an encode per tick.
 - Pacing: all tracks wait on one `Ticker` per event loop, a 20 ms grid with
   one timer per tick for the whole process instead of one sleep per session
-  per frame, so N sessions cost one loop wake-up per tick, not N. Lateness is
-  measured for every frame against its grid time.
+  per frame, so N sessions cost one loop wake-up per tick, not N; a session
+  in a DTX gap (the agent silent) does not wake at all between keep-alives.
+  Lateness is measured for every packet sent against its grid time.
 
 `accelerate(transceiver, track, settings)` switches one session's audio
 transceiver to this path after the offer is applied (before the transport
@@ -135,12 +136,25 @@ class Ticker:
         if delay <= 0:
             return
         fut = self._loop.create_future()
+        self._add(k, fut, delay)
+        await fut
+
+    def arm(self, k: int, fut: asyncio.Future) -> None:
+        """Resolve `fut` at tick k (at once if it is due), unless something
+        else resolves it first (a sleeping track's wake-up)."""
+        delay = self.due(k) - time.monotonic()
+        if delay <= 0:
+            if not fut.done():
+                fut.set_result(None)
+            return
+        self._add(k, fut, delay)
+
+    def _add(self, k: int, fut: asyncio.Future, delay: float) -> None:
         waiters = self._waiters.get(k)
         if waiters is None:
             waiters = self._waiters[k] = []
             self._loop.call_later(delay, self._fire, k)
         waiters.append(fut)
-        await fut
 
     def _fire(self, k: int) -> None:
         for fut in self._waiters.pop(k, ()):
@@ -152,7 +166,7 @@ class PacedOpusTrack(MediaStreamTrack):
     """The agent's outgoing audio: one frame per grid tick from the Playout
     queue, as Opus packets encoded here (or as PCM frames for aiortc to encode
     when the call did not negotiate Opus). Same metrics as PlayoutTrack, with
-    lateness observed for every frame."""
+    lateness observed for every packet sent."""
 
     kind = "audio"
     SILENCE_SETTLE = 5  # zero frames the encoder sees before the cached packet takes over
@@ -175,9 +189,13 @@ class PacedOpusTrack(MediaStreamTrack):
         self._zeros = 0
         self.talkspurt_start = True  # the packet just returned opens a talkspurt (RTP marker bit)
         self._in_dtx = True          # in a DTX gap (or before the first packet)
-        self._tick: int | None = None
+        self._tick: int | None = None  # first tick of the last packet period handled
         self._ticker: Ticker | None = None
         self._n = 0
+        # Sleeping through a DTX gap (see _sleep): the packet periods still to
+        # account as silence, and the future that ends the sleep.
+        self._skip_left = 0
+        self._wake: asyncio.Future | None = None
         self._tb = fractions.Fraction(1, WEBRTC_RATE)
         self._lateness = metric("voxmesh_frame_lateness_seconds")
         self._late = metric("voxmesh_playout_late_frames_total")
@@ -211,10 +229,12 @@ class PacedOpusTrack(MediaStreamTrack):
         frame of length 0, which decoders conceal, i.e. play as silence or
         comfort noise), then nothing until dtx_interval_ms later, when another
         one keeps the stream alive (WebRTC's Opus DTX does the same, every 400
-        ms). recv() just does not return for the ticks in between: the playout
-        still advances (and the echo guard still hears silence) every tick,
-        and the next packet's pts, hence its RTP timestamp, counts the skipped
-        ticks, while aiortc numbers packets contiguously (no loss seen). The
+        ms). recv() just does not return for the ticks in between, and while
+        the playout is idle the track does not even wake for them (it sleeps
+        until the keep-alive or new audio, see _sleep): the playout and the
+        echo guard are advanced over the skipped ticks in one step, and the
+        next packet's pts, hence its RTP timestamp, counts them, while aiortc
+        numbers packets contiguously (no loss seen). The
         first packet after a gap (speech again) opens a talkspurt:
         `talkspurt_start` is True when it is returned (FastSender sets the RTP
         marker bit from it, RFC 3551 4.1)."""
@@ -243,19 +263,21 @@ class PacedOpusTrack(MediaStreamTrack):
         if self._tick is None:
             self._tick = ticker.next_tick()
         else:
+            skip = self._skippable(per)
+            if skip:
+                await self._sleep(ticker, per, skip)
+                if self.readyState != "live":
+                    raise MediaStreamError
             self._tick += per
         # A packet of `per` frames goes out when its LAST frame is due (its audio
         # cannot be complete earlier, exactly as a 40 ms packetizer works).
         due_tick = self._tick + per - 1
         await ticker.wait(due_tick)
         late = time.monotonic() - ticker.due(due_tick)
-        self._lateness.observe(max(0.0, late))
-        if late > FRAME_S:
-            self._late.inc()
-            if late > 0.2:
-                # Fell far behind (a stall): rejoin the grid now instead of
-                # bursting out the missed frames.
-                self._tick = ticker.next_tick() - per
+        if late > 0.2:
+            # Fell far behind (a stall): rejoin the grid now instead of
+            # bursting out the missed frames.
+            self._tick = ticker.next_tick() - per
         if per == 1:
             pcm = self.playout.next_frame()
             if self.playout.on_output is not None:
@@ -274,6 +296,7 @@ class PacedOpusTrack(MediaStreamTrack):
         pts = self._n * WEBRTC_FRAME_SAMPLES
         self._n += per
         if self._encoder is None:
+            self._observe(late)
             frame = av.AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout="mono")
             frame.sample_rate = WEBRTC_RATE
             frame.pts = pts
@@ -293,14 +316,102 @@ class PacedOpusTrack(MediaStreamTrack):
                 every = max(1, self.dtx_interval_ms // (20 * per))
                 self._in_dtx = True
                 if (self._zeros - self.SILENCE_SETTLE - 1) % every:
-                    return None
+                    return None  # nothing sent: no lateness to speak of
                 self.talkspurt_start = False
+                self._observe(late)
                 return self._dtx_packet, pts
         # Sound (or the encoder's decay into silence) after DTX, or the first
         # packet of the stream: a new talkspurt.
         self.talkspurt_start = self._in_dtx
         self._in_dtx = False
+        self._observe(late)
         return data, pts
+
+    def _observe(self, late: float) -> None:
+        """Lateness of a packet actually sent (a DTX tick that sends nothing
+        has none)."""
+        self._lateness.observe(max(0.0, late))
+        if late > FRAME_S:
+            self._late.inc()
+
+    # -- idle (DTX) sessions: no per-tick work --------------------------------
+    #
+    # In a DTX gap with nothing to play, a tick's whole work is: wake up, take
+    # SILENCE from the playout, hand it to the echo guard, count it, send
+    # nothing. Most sessions are in such a gap most of the time (the agent
+    # speaks perhaps half of a call), so the track sleeps instead until the
+    # next keep-alive is due or the playout gets audio (Playout.on_wake), and
+    # then accounts the skipped ticks in one step (catch_up): the RTP clock
+    # (pts), the DTX count, the frame counter and the echo guard's history
+    # (Playout.on_silence) come out exactly as with a wake-up every tick.
+
+    def _skippable(self, per: int) -> int:
+        """Packet periods from now on that would send nothing and that nothing
+        but a wake-up can change: 0 unless in a DTX gap with an idle playout."""
+        if self._encoder is None or not self.dtx or self._dtx_packet is None or \
+                self._zeros < self.SILENCE_SETTLE or not self.playout.idle:
+            return 0
+        every = max(1, self.dtx_interval_ms // (20 * per))
+        # The packet after the one with `_zeros` silent packets is a keep-alive
+        # when (_zeros - SILENCE_SETTLE) % every == 0 (see _next).
+        return (self.SILENCE_SETTLE - self._zeros) % every
+
+    async def _sleep(self, ticker: Ticker, per: int, skip: int) -> None:
+        """Sleep through `skip` packet periods: until the keep-alive after them
+        is due, the playout has audio again, or the track stops."""
+        fut = asyncio.get_running_loop().create_future()
+        self._wake, self._skip_left = fut, skip
+        self.playout.on_wake = self._wake_up
+        ticker.arm(self._tick + per * (skip + 1) + per - 1, fut)
+        try:
+            await fut
+        finally:
+            self.playout.on_wake = None
+            self._wake = None
+            # Woken by the keep-alive's tick: every skipped period is due (all
+            # of them, even if the timer ran a hair early); by the playout:
+            # _wake_up accounted what was due and left none.
+            self._account(self._skip_left)
+
+    def _wake_up(self) -> None:
+        """The playout has audio again (Playout.on_wake): the ticks already due
+        were silence; the next one plays it."""
+        self.catch_up()
+        self._skip_left = 0  # not one more period as silence
+        self.playout.on_wake = None
+        if self._wake is not None and not self._wake.done():
+            self._wake.set_result(None)
+
+    def catch_up(self) -> None:
+        """Account, as silence, the skipped packet periods that are due by now
+        (all of them once the keep-alive is due). Also called before the echo
+        guard's history is read (EchoGuard.sync)."""
+        if not self._skip_left:
+            return
+        # period j after self._tick is due at tick self._tick + per * (j + 1) - 1
+        due = (self._ticker.next_tick() - self._tick) // self.frames_per_packet - 1
+        self._account(min(self._skip_left, due))
+
+    def _account(self, k: int) -> None:
+        """k skipped packet periods, as silence."""
+        if k <= 0:
+            return
+        frames = self.frames_per_packet * k
+        self._skip_left -= k
+        self._tick += frames
+        self._n += frames
+        self._zeros += k
+        self._frames_silence.inc(frames)
+        if self.playout.on_silence is not None:
+            self.playout.on_silence(frames)
+        elif self.playout.on_output is not None:
+            for _ in range(frames):
+                self.playout.on_output(SILENCE)
+
+    def stop(self) -> None:
+        super().stop()
+        if self._wake is not None and not self._wake.done():
+            self._wake.set_result(None)  # a sleeping recv() ends now
 
     def _packet(self, data: bytes, pts: int) -> av.Packet:
         packet = av.Packet(data)

@@ -78,6 +78,14 @@ class Playout:
         self._fade_out_pending = False
         self.on_stopped: Callable[[], None] | None = None  # called when a pause/flush made the output silent
         self.on_output: Callable[[np.ndarray], None] | None = None  # every frame sent (the echo guard listens)
+        # A track that skips idle ticks (media.PacedOpusTrack with DTX) tells
+        # the listener about them in one call: `on_silence(frames)` stands for
+        # that many `on_output(SILENCE)` calls (None: it makes those calls).
+        self.on_silence: Callable[[int], None] | None = None
+        # Set by such a track while it sleeps through idle ticks: called when
+        # the playout stops being idle (audio queued, or resumed), so that the
+        # track is back on the grid for the very next tick.
+        self.on_wake: Callable[[], None] | None = None
 
     @property
     def queued_ms(self) -> float:
@@ -87,12 +95,21 @@ class Playout:
     def active_turn(self) -> str | None:
         return self._queue[0].turn_id if self._queue else None
 
+    @property
+    def idle(self) -> bool:
+        """next_frame() returns SILENCE, with no side effect, until enqueue()
+        or resume() (on_wake) is called: nothing queued or paused, and no fade
+        pending."""
+        return not self._fade_out_pending and (self.paused or not self._queue)
+
     def is_audible(self) -> bool:
         """Agent audio is going out right now (or is queued and not paused)."""
         return bool(self._queue) and not self.paused
 
     def enqueue(self, seg: Segment) -> None:
         self._queue.append(seg)
+        if self.on_wake is not None and not self.paused:
+            self.on_wake()
 
     def pause(self) -> bool:
         """Stop output at the next tick with a short fade; keep the queue."""
@@ -109,6 +126,8 @@ class Playout:
         if self.paused:
             self.paused = False
             self._fade_in = True
+            if self.on_wake is not None and self._queue:
+                self.on_wake()
 
     def flush(self, turn_id: str | None = None) -> None:
         """Drop queued audio (of one turn, or all), fading out what is playing."""

@@ -112,6 +112,12 @@ class EdgeSession:
         self.track = (PacedOpusTrack(self.playout, settings.opus_bitrate, settings.opus_complexity, settings.opus_application,
                                      settings.playout_ptime_ms, settings.playout_dtx, settings.playout_dtx_interval_ms)
                       if settings.fast_media else PlayoutTrack(self.playout))
+        # The fast track sleeps through an idle session's DTX gaps: it hands
+        # the echo guard the skipped silence in one call, and brings it up to
+        # date before the guard's history is read between its wake-ups.
+        self.playout.on_silence = self.echo.silence
+        if isinstance(self.track, PacedOpusTrack):
+            self.echo.sync = self.track.catch_up
         # Inbound audio, 16 kHz PCM, from the very first frame.
         self.inbound: asyncio.Queue[bytes | None] = asyncio.Queue()
         self.to_orchestrator: asyncio.Queue[opb.EdgeEvent] = asyncio.Queue()
