@@ -499,3 +499,52 @@ async def test_the_echo_guard_is_brought_up_to_date_while_the_track_sleeps():
     track.stop()  # ends the sleeping recv() now, not at the keep-alive 10 s away
     with pytest.raises(MediaStreamError):
         await asyncio.wait_for(sleeping, 2.0)
+
+
+def _samples(collector) -> dict:
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value for fam in collector.collect() for s in fam.samples
+            if not s.name.endswith("_created")}
+
+
+def test_playout_metrics_are_published_per_tick_with_the_histograms_own_buckets():
+    from prometheus_client import CollectorRegistry, Histogram
+
+    from voxmesh.core.metrics import CATALOG, metric
+    from voxmesh_edge.media import PlayoutStats
+
+    stats = PlayoutStats.get()
+    stats.publish()
+    assert not stats._direct  # this prometheus_client's layout is the batched one
+    names = ("voxmesh_frame_lateness_seconds", "voxmesh_playout_late_frames_total", "voxmesh_playout_frames_total")
+    before = {n: _samples(metric(n)) for n in names}
+    ref = Histogram("ref_lateness_seconds", "", buckets=CATALOG[names[0]].buckets, registry=CollectorRegistry())
+    # bounds themselves (le is inclusive), between them, negative (a timer a
+    # hair early), beyond the last bound
+    values = [0.0, -0.0003, 0.0005, 0.0007, 0.001, 0.0199, 0.02, 0.021, 0.16, 0.5, 0.003] * 3
+    for v in values:
+        stats.sent(v)
+        ref.observe(max(0.0, v))
+    stats.frames(True, 4)
+    stats.frames(False, 7)
+    assert _samples(metric(names[0])) == before[names[0]]  # nothing published before the tick
+    stats.publish()
+    after = {n: _samples(metric(n)) for n in names}
+    delta = {k[0].replace("voxmesh_frame_lateness_seconds", "ref_lateness_seconds"): v - before[names[0]].get(k, 0.0)
+             for k, v in after[names[0]].items()}
+    expect = {k[0]: v for k, v in _samples(ref).items()}
+    bucket_keys = [k for k in after[names[0]] if k[0].endswith("_bucket")]
+    assert len(bucket_keys) == len(CATALOG[names[0]].buckets) + 1
+    for k in bucket_keys:  # cumulative counts per le, as observe() would leave them
+        le = dict(k[1])["le"]
+        ref_v = next(s.value for fam in ref.collect() for s in fam.samples if s.name.endswith("_bucket") and s.labels["le"] == le)
+        assert after[names[0]][k] - before[names[0]].get(k, 0.0) == ref_v, le
+    assert delta["ref_lateness_seconds_count"] == expect["ref_lateness_seconds_count"] == len(values)
+    assert abs(delta["ref_lateness_seconds_sum"] - expect["ref_lateness_seconds_sum"]) < 1e-9
+    late = after[names[1]][("voxmesh_playout_late_frames_total", ())] - before[names[1]].get(("voxmesh_playout_late_frames_total", ()), 0.0)
+    assert late == 3 * 3  # 0.021, 0.16, 0.5: more than a frame late
+
+    def frames(kind, d):
+        return d.get(("voxmesh_playout_frames_total", (("kind", kind),)), 0.0)
+
+    assert frames("audio", after[names[2]]) - frames("audio", before[names[2]]) == 4
+    assert frames("silence", after[names[2]]) - frames("silence", before[names[2]]) == 7

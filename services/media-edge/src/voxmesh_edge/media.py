@@ -37,6 +37,7 @@ internals moved, no libopus) keeps stock aiortc behaviour for that session.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import fractions
 import logging
 import struct
@@ -104,6 +105,80 @@ def dtx_packet(silence: bytes) -> bytes | None:
 # -- pacing -------------------------------------------------------------------
 
 
+class PlayoutStats:
+    """The playout metrics of every fast track of the process, counted here
+    and published once per tick (Ticker._fire) and when a track stops, instead
+    of a prometheus `observe` and two `inc` calls (each a Python call that
+    takes a lock, and in multiprocess mode writes a shared file) per frame per
+    session. Same metrics, same buckets: the histogram's bucket counts and
+    sum are added in one step per tick. Event-loop thread only (the edge runs
+    one loop per process), so no lock of its own."""
+
+    _instance: PlayoutStats | None = None
+
+    def __init__(self) -> None:
+        self._hist = metric("voxmesh_frame_lateness_seconds")
+        self._late_metric = metric("voxmesh_playout_late_frames_total")
+        frames = metric("voxmesh_playout_frames_total")
+        self._audio_metric, self._silence_metric = frames.labels(kind="audio"), frames.labels(kind="silence")
+        # prometheus_client keeps one (non-cumulative) value per bucket and
+        # the sum; an unknown layout gets an observe() per frame as before.
+        bounds = getattr(self._hist, "_upper_bounds", None)
+        self._direct = not (bounds and len(getattr(self._hist, "_buckets", ())) == len(bounds)
+                            and hasattr(self._hist, "_sum"))
+        self._bounds = list(bounds or ())
+        self._counts = [0] * len(self._bounds)
+        self._sum = 0.0
+        self.late = self.audio = self.silence = 0
+        self._pending = False
+
+    @classmethod
+    def get(cls) -> PlayoutStats:
+        if cls._instance is None:
+            cls._instance = cls()
+        return cls._instance
+
+    def sent(self, late: float) -> None:
+        """A packet went out `late` seconds after its grid time."""
+        late = max(0.0, late)
+        if self._direct:
+            self._hist.observe(late)
+        else:
+            # Prometheus buckets are `value <= le`: the first bound >= late.
+            self._counts[bisect.bisect_left(self._bounds, late)] += 1
+            self._sum += late
+        if late > FRAME_S:
+            self.late += 1
+        self._pending = True
+
+    def frames(self, audible: bool, n: int) -> None:
+        if audible:
+            self.audio += n
+        else:
+            self.silence += n
+        self._pending = True
+
+    def publish(self) -> None:
+        if not self._pending:
+            return
+        self._pending = False
+        if self._sum or any(self._counts):
+            buckets = self._hist._buckets
+            for i, c in enumerate(self._counts):
+                if c:
+                    buckets[i].inc(c)
+                    self._counts[i] = 0
+            self._hist._sum.inc(self._sum)
+            self._sum = 0.0
+        if self.late:
+            self._late_metric.inc(self.late)
+        if self.audio:
+            self._audio_metric.inc(self.audio)
+        if self.silence:
+            self._silence_metric.inc(self.silence)
+        self.late = self.audio = self.silence = 0
+
+
 class Ticker:
     """A 20 ms grid shared by every playout track on one event loop: tick k is
     due at t0 + k x 20 ms. One timer per tick wakes all the tracks waiting for
@@ -157,6 +232,8 @@ class Ticker:
         waiters.append(fut)
 
     def _fire(self, k: int) -> None:
+        # the playout metrics counted since the previous tick, in one batch
+        PlayoutStats.get().publish()
         for fut in self._waiters.pop(k, ()):
             if not fut.done():
                 fut.set_result(None)
@@ -197,10 +274,7 @@ class PacedOpusTrack(MediaStreamTrack):
         self._skip_left = 0
         self._wake: asyncio.Future | None = None
         self._tb = fractions.Fraction(1, WEBRTC_RATE)
-        self._lateness = metric("voxmesh_frame_lateness_seconds")
-        self._late = metric("voxmesh_playout_late_frames_total")
-        self._frames_audio = metric("voxmesh_playout_frames_total").labels(kind="audio")
-        self._frames_silence = metric("voxmesh_playout_frames_total").labels(kind="silence")
+        self._stats = PlayoutStats.get()
 
     @property
     def encodes_opus(self) -> bool:
@@ -292,11 +366,11 @@ class PacedOpusTrack(MediaStreamTrack):
                 parts.append(part)
             pcm = np.concatenate(parts)
             audible = any(part is not SILENCE for part in parts) and bool(pcm.any())
-        (self._frames_audio if audible else self._frames_silence).inc(per)
+        self._stats.frames(audible, per)
         pts = self._n * WEBRTC_FRAME_SAMPLES
         self._n += per
         if self._encoder is None:
-            self._observe(late)
+            self._stats.sent(late)  # lateness of packets sent only
             frame = av.AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout="mono")
             frame.sample_rate = WEBRTC_RATE
             frame.pts = pts
@@ -318,21 +392,14 @@ class PacedOpusTrack(MediaStreamTrack):
                 if (self._zeros - self.SILENCE_SETTLE - 1) % every:
                     return None  # nothing sent: no lateness to speak of
                 self.talkspurt_start = False
-                self._observe(late)
+                self._stats.sent(late)  # lateness of packets sent only
                 return self._dtx_packet, pts
         # Sound (or the encoder's decay into silence) after DTX, or the first
         # packet of the stream: a new talkspurt.
         self.talkspurt_start = self._in_dtx
         self._in_dtx = False
-        self._observe(late)
+        self._stats.sent(late)  # lateness of packets sent only
         return data, pts
-
-    def _observe(self, late: float) -> None:
-        """Lateness of a packet actually sent (a DTX tick that sends nothing
-        has none)."""
-        self._lateness.observe(max(0.0, late))
-        if late > FRAME_S:
-            self._late.inc()
 
     # -- idle (DTX) sessions: no per-tick work --------------------------------
     #
@@ -401,7 +468,7 @@ class PacedOpusTrack(MediaStreamTrack):
         self._tick += frames
         self._n += frames
         self._zeros += k
-        self._frames_silence.inc(frames)
+        self._stats.frames(False, frames)
         if self.playout.on_silence is not None:
             self.playout.on_silence(frames)
         elif self.playout.on_output is not None:
@@ -410,6 +477,7 @@ class PacedOpusTrack(MediaStreamTrack):
 
     def stop(self) -> None:
         super().stop()
+        self._stats.publish()  # nothing of this track's last tick is left out
         if self._wake is not None and not self._wake.done():
             self._wake.set_result(None)  # a sleeping recv() ends now
 
