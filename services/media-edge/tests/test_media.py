@@ -548,30 +548,3 @@ def test_playout_metrics_are_published_per_tick_with_the_histograms_own_buckets(
 
     assert frames("audio", after[names[2]]) - frames("audio", before[names[2]]) == 4
     assert frames("silence", after[names[2]]) - frames("silence", before[names[2]]) == 7
-
-
-def test_a_sink_takes_the_chunks_directly_and_the_end_still_goes_through_the_track():
-    from types import SimpleNamespace
-
-    from voxmesh_edge.media import InlineDecoder, _Batch
-
-    q: asyncio.Queue = asyncio.Queue()
-    got: list[np.ndarray] = []
-    dec = InlineDecoder(q, chunk_frames=2, sink=got.append)
-    enc = opus.Encoder(48000, 32000)
-    for i in range(5):  # 20 ms packets, 40 ms chunks: two chunks, half of one pending
-        dec.put((SimpleNamespace(name="opus"), _Batch(i * 960, [enc.encode(tone(20))])))
-    assert [c.size for c in got] == [640, 640] and all(c.dtype == np.int16 for c in got)
-    assert q.empty()  # no reader task wakes for them
-    dec.put(None)  # the end: the pending 20 ms first, then the end of the track
-    assert [c.size for c in got] == [640, 640, 320]
-    assert q.get_nowait() is None and q.empty()
-
-    def broken(pcm):
-        raise RuntimeError("session bug")
-
-    q2: asyncio.Queue = asyncio.Queue()
-    dec = InlineDecoder(q2, chunk_frames=1, sink=broken)
-    for i in range(2):  # a failing sink is dropped: the audio goes to the track instead, none lost
-        dec.put((SimpleNamespace(name="opus"), _Batch(i * 960, [enc.encode(tone(20))])))
-    assert dec.sink is None and [q2.get_nowait().pts for _ in range(2)] == [0, 320]

@@ -682,17 +682,10 @@ class InlineDecoder:
 
     `tap`, when set, sees every decoded packet's PCM at once, before chunking:
     the session's barge-in onset detector (voxmesh_edge.onset) runs there, so
-    the chunk size adds nothing to the time the agent takes to stop.
-
-    `sink`, when set, takes the Opus chunks (numpy, 16 kHz) directly, on the
-    packet's own path, instead of the track's queue: the session's reader
-    task would otherwise wake once per chunk only to hand it on to stt's
-    queue (a task switch, the track's recv(), a frame object). The end of
-    the stream (and any other codec's frames) still goes through the queue."""
+    the chunk size adds nothing to the time the agent takes to stop."""
 
     def __init__(self, output: asyncio.Queue, rate: int = STT_RATE, chunk_frames: int = 1,
-                 tap: Callable[[np.ndarray], None] | None = None,
-                 sink: Callable[[np.ndarray], None] | None = None) -> None:
+                 tap: Callable[[np.ndarray], None] | None = None) -> None:
         self._out = output
         self._rate = rate
         self._tb = fractions.Fraction(1, rate)
@@ -704,7 +697,6 @@ class InlineDecoder:
         self._pending: list[np.ndarray] = []
         self._pending_n = 0
         self.tap = tap
-        self.sink = sink
 
     def put(self, item) -> None:
         if item is None:
@@ -752,16 +744,8 @@ class InlineDecoder:
             return
         pcm = self._pending[0] if len(self._pending) == 1 else np.concatenate(self._pending)
         self._pending, self._pending_n = [], 0
+        self._out.put_nowait(PcmFrame(pcm, self._pts, self._rate, self._tb))
         self._pts += pcm.size
-        if self.sink is not None:
-            try:
-                self.sink(pcm)
-            except Exception:  # never let the session break the transport's receive loop
-                log.exception("inbound audio sink failed; the reader task takes the audio from now on")
-                self.sink = None
-            else:
-                return
-        self._out.put_nowait(PcmFrame(pcm, self._pts - pcm.size, self._rate, self._tb))
 
 
 class _Layout:
@@ -816,7 +800,6 @@ class FastReceiver(RTCRtpReceiver):
     reorder_frames = 2
     chunk_frames = 1
     tap: Callable[[np.ndarray], None] | None = None
-    sink: Callable[[np.ndarray], None] | None = None
 
     async def receive(self, parameters) -> None:
         if getattr(self, _P + "started") or getattr(self, _P + "kind") != "audio":
@@ -829,8 +812,7 @@ class FastReceiver(RTCRtpReceiver):
             if encoding.rtx:
                 rtx[encoding.rtx.ssrc] = encoding.ssrc
         setattr(self, _P + "jitter_buffer", ReorderBuffer(self.reorder_frames))
-        setattr(self, _P + "decoder_queue", InlineDecoder(self._track._queue, chunk_frames=self.chunk_frames,
-                                                             tap=self.tap, sink=self.sink))
+        setattr(self, _P + "decoder_queue", InlineDecoder(self._track._queue, chunk_frames=self.chunk_frames, tap=self.tap))
         setattr(self, _P + "decoder_thread", _NoThread())
         getattr(self, _P + "transport")._register_rtp_receiver(self, parameters)
         setattr(self, _P + "rtcp_task", asyncio.ensure_future(self._run_rtcp()))
@@ -846,12 +828,10 @@ _warned = False
 
 
 def accelerate(transceiver, track: PacedOpusTrack, reorder_frames: int = 2, chunk_ms: int = 20,
-               tap: Callable[[np.ndarray], None] | None = None,
-               sink: Callable[[np.ndarray], None] | None = None) -> dict[str, bool]:
+               tap: Callable[[np.ndarray], None] | None = None) -> dict[str, bool]:
     """Put one session's audio transceiver on the fast path, after the remote
     offer is applied and before the transport starts. Returns what it did
-    ("receiver": inbound audio is decoded here, `tap` sees every packet and
-    `sink` gets the Opus audio in chunks of `chunk_ms`, see InlineDecoder;
+    ("receiver": inbound audio is decoded here, and `tap` sees every packet;
     "encoder": agent audio is encoded here; "sender": FastSender sends it)."""
     global _warned
     did = {"receiver": False, "encoder": False, "sender": False}
@@ -861,7 +841,6 @@ def accelerate(transceiver, track: PacedOpusTrack, reorder_frames: int = 2, chun
         receiver.reorder_frames = reorder_frames
         receiver.chunk_frames = max(1, chunk_ms // 20)
         receiver.tap = tap
-        receiver.sink = sink
         did["receiver"] = True
     elif not _warned:
         _warned = True

@@ -186,11 +186,8 @@ class EdgeSession:
             raise SessionError("the offer has no audio m-line")
         audio[0].sender.replaceTrack(self.track)
         if self.settings.fast_media:
-            # The fast receiver hands the decoded chunks straight to _inbound_pcm
-            # (no reader task wake-up per chunk); _read_track still ends the stream.
             did = accelerate(audio[0], self.track, self.settings.reorder_frames, self.settings.inbound_chunk_ms,
-                             tap=self._listen_for_bargein if self.onset is not None else None,
-                             sink=self._inbound_pcm)
+                             tap=self._listen_for_bargein if self.onset is not None else None)
             # The fast receiver hands every packet to the detector as it is
             # decoded, before the 40 ms chunking.
             self._onset_in_read = not did["receiver"]
@@ -267,17 +264,12 @@ class EdgeSession:
                 continue
             if self._onset_in_read and self.onset is not None:
                 self._listen_for_bargein(pcm)
-            self._inbound_pcm(pcm)
+            data = pcm.tobytes()
+            self._samples_in += pcm.size
+            self._last_frame_wall = time.monotonic()
+            self._keep_for_replay(data)
+            self.inbound.put_nowait(data)
         self.inbound.put_nowait(None)
-
-    def _inbound_pcm(self, pcm: np.ndarray) -> None:
-        """16 kHz caller audio, in order: onto the audio clock, into the
-        replay buffer and stt's queue."""
-        data = pcm.tobytes()
-        self._samples_in += pcm.size
-        self._last_frame_wall = time.monotonic()
-        self._keep_for_replay(data)
-        self.inbound.put_nowait(data)
 
     def _keep_for_replay(self, data: bytes) -> None:
         self._turn_audio += data
