@@ -16,7 +16,8 @@ core of EDGE CPU: the edge process's utime+stime (/proc) over the measured
 window. Printed per N:
 - edge CPU (cores) and sessions per core of edge CPU;
 - playout lateness p50/p99 (the edge's voxmesh_frame_lateness_seconds, every
-  tick observed) and late ticks (> 20 ms late);
+  packet sent observed; DTX ticks that send nothing are not) and late ticks
+  (> 20 ms late);
 - receive-path delay p50/p99: the caller's packet with a marker frame leaves
   -> the stt double receives that frame's 16 kHz PCM (network, SRTP, jitter or
   reorder buffer, decode, resample, chunking, gRPC: everything the edge adds
