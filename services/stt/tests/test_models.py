@@ -7,7 +7,7 @@ import pytest
 
 from voxmesh.testing.speech import read_pcm16, say_to_wav, word_error_rate
 from voxmesh_stt import smart_turn
-from voxmesh_stt.asr import DecodeScheduler, cut_repeat, repeat_start, shared_asr
+from voxmesh_stt.asr import DecodeScheduler, cut_repeat, repeat_start, shared_lanes
 from voxmesh_stt.vad import VadState, shared_model
 
 
@@ -50,7 +50,7 @@ def test_smart_turn_model_runs(smart_turn_path, sentence):
 
 
 def test_whisper_decode_bounds_and_prefix(sentence):
-    asr = shared_asr()
+    asr = shared_lanes(lanes=1)[0]
     full = asr.decode(sentence, beam_size=2)
     assert word_error_rate("I would like to change my delivery address please.", full.text) <= 0.2
     assert full.window_s < 30  # padded clip, not Whisper's 30 s window
@@ -75,10 +75,10 @@ async def test_scheduler_runs_by_priority_and_drops_cancelled_work():
     gate = threading.Event()
     order: list[str] = []
     try:
-        blocker = sched.submit(2, lambda: gate.wait(5))
-        low = sched.submit(2, lambda: order.append("interim"))
-        stale = sched.submit(1, lambda: order.append("stale"))
-        high = sched.submit(0, lambda: order.append("final"))
+        blocker = sched.submit(2, lambda _: gate.wait(5))
+        low = sched.submit(2, lambda _: order.append("interim"))
+        stale = sched.submit(1, lambda _: order.append("stale"))
+        high = sched.submit(0, lambda _: order.append("final"))
         stale.cancel()
         assert sched.backlog() == 3  # running + two waiting
         gate.set()
@@ -90,37 +90,74 @@ async def test_scheduler_runs_by_priority_and_drops_cancelled_work():
         sched.close()
 
 
-async def test_scheduler_keeps_a_lane_free_of_interims():
-    """Two lanes: two interims never run at once (the second waits), while a
-    pause's decode starts at once next to the running interim."""
+async def test_scheduler_keeps_the_urgent_lane_free_of_interims():
+    """Two lanes: interims run only on the background lane (the second waits
+    for the first), a pause's decode starts at once on the urgent lane next to
+    the running interim, and takes the background lane only while the urgent
+    one is busy."""
     import asyncio
     import threading
 
     from voxmesh_stt.asr import PRIO_FINAL, PRIO_INTERIM, PRIO_SPECULATIVE
 
-    sched = DecodeScheduler("test", lanes=2)
+    sched = DecodeScheduler("test", ["urgent", "background"])
     gate, running = threading.Event(), threading.Event()
-    started: list[str] = []
+    started: list[tuple[str, str]] = []
     try:
-        first = sched.submit(PRIO_INTERIM, lambda: (started.append("interim1"), running.set(), gate.wait(5)))
+        first = sched.submit(PRIO_INTERIM, lambda lane: (started.append(("interim1", lane)), running.set(), gate.wait(5)))
         assert running.wait(5)
-        second = sched.submit(PRIO_INTERIM, lambda: started.append("interim2"))
-        spec = sched.submit(PRIO_SPECULATIVE, lambda: started.append("speculative"))
-        final = sched.submit(PRIO_FINAL, lambda: started.append("final"))
+        second = sched.submit(PRIO_INTERIM, lambda lane: started.append(("interim2", lane)))
+        spec = sched.submit(PRIO_SPECULATIVE, lambda lane: started.append(("speculative", lane)))
+        final = sched.submit(PRIO_FINAL, lambda lane: started.append(("final", lane)))
         await asyncio.wait_for(asyncio.wrap_future(spec), 5)
         await asyncio.wait_for(asyncio.wrap_future(final), 5)
-        assert "interim2" not in started  # the free lane went to the pause's decodes
-        assert not first.done()
+        assert not second.done() and not first.done()  # the urgent lane never took the waiting interim
         gate.set()
         await asyncio.wait_for(asyncio.wrap_future(second), 5)
-        assert started == ["interim1", "final", "speculative", "interim2"]
+        assert started == [("interim1", "background"), ("final", "urgent"), ("speculative", "urgent"),
+                           ("interim2", "background")]
+
+        # urgent lane busy: the next pause's decode takes the background lane
+        gate2, running2 = threading.Event(), threading.Event()
+        started.clear()
+        busy = sched.submit(PRIO_FINAL, lambda lane: (started.append(("final", lane)), running2.set(), gate2.wait(5)))
+        assert running2.wait(5)
+        other = sched.submit(PRIO_SPECULATIVE, lambda lane: started.append(("speculative", lane)))
+        await asyncio.wait_for(asyncio.wrap_future(other), 5)
+        gate2.set()
+        await asyncio.wait_for(asyncio.wrap_future(busy), 5)
+        assert started == [("final", "urgent"), ("speculative", "background")]
     finally:
         gate.set()
         sched.close()
 
 
+def test_background_lanes_run_at_lower_cpu_priority():
+    """The background lane's model computes on threads at background_nice; the
+    urgent lane's at the process's own priority."""
+    import os
+
+    urgent, background = shared_lanes(lanes=2, background_nice=19)
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    assert urgent.thread_ids and background.thread_ids
+    assert all(os.getpriority(os.PRIO_PROCESS, t) == base for t in urgent.thread_ids)
+    assert all(os.getpriority(os.PRIO_PROCESS, t) == min(19, base + 19) for t in background.thread_ids)
+
+    def cpu_ticks(tids) -> int:
+        total = 0
+        for tid in tids:
+            fields = open(f"/proc/self/task/{tid}/stat").read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        return total
+
+    before = cpu_ticks(background.thread_ids)
+    for _ in range(3):
+        background.decode(np.zeros(16000 * 4, dtype=np.float32))
+    assert cpu_ticks(background.thread_ids) > before  # the decode ran on the niced threads
+
+
 def test_decoder_confidence_of_the_last_words(sentence):
-    asr = shared_asr()
+    asr = shared_lanes(lanes=1)[0]
     greedy = asr.decode(sentence)
     # the last words of the text, each with the probability of its least likely token
     assert greedy.tail and [w for w, _ in greedy.tail] == greedy.text.split()[-len(greedy.tail) :]
@@ -146,7 +183,7 @@ def test_a_sentence_said_again_is_cut_and_keeps_the_confidence_of_its_last_words
     if not path.exists():
         say_to_wav("Where is my door?", path, lead_silence=0.5, tail_silence=0.5)
     pcm, _ = read_pcm16(path)
-    asr = shared_asr()
+    asr = shared_lanes(lanes=1)[0]
     plan = asr.plan(pcm.astype(np.float32) / 32768, pad_s=1.0)
     encoded, encode_s = asr.encode(plan)
     ids, *_ = asr._generate(plan, encoded, 1, False)

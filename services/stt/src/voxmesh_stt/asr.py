@@ -8,20 +8,21 @@ one encoder pass + one bounded greedy/beam search at temperature 0:
 
 - the encoder sees the clip padded with `pad_s` of silence instead of 30 s (the
   CTranslate2 encoder accepts shorter inputs and slices its position embeddings;
-  its cost is ~25 ms per second of window here, so an 8 s pad is most of it).
+  its cost is ~30 ms per second of window here, so the padding is most of it).
   With little padding Whisper tends to say the sentence again after it ends
   ("where is my door? where is my door?") or loop on a clip cut mid-word; such
   a result is cut where the repetition starts (not redone on the full window:
-  ~1 s on the end-of-turn path). Padding: settings.encoder_pad_s (8 s; why not
-  the cheaper 3 s is said there);
+  ~1 s on the end-of-turn path). Paddings per kind of decode: settings
+  (interim_pad_s, pause_pad_s, encoder_pad_s) and server.Engine.decode;
 - the token budget is bounded by the clip length;
 - a `prefix` (the stable part of earlier interims) is forced into the decoder, so
   later results keep it by construction and the search only covers the new words.
 
-Decodes run through `DecodeScheduler`: `lanes` at a time (one CTranslate2 replica
-each, `cpu_threads` threads each), highest priority first, one lane kept free of
-interims for the decodes the end of turn waits on, and work that went stale before
-it started is dropped instead of run.
+Decodes run through `DecodeScheduler`: one per lane at a time (one CTranslate2
+replica each, `cpu_threads` threads each, `shared_lanes`), highest priority first,
+lane 0 kept for the decodes the end of turn waits on while interims run on the
+others at a lower CPU priority, and work that went stale before it started is
+dropped instead of run.
 """
 
 from __future__ import annotations
@@ -30,12 +31,13 @@ import functools
 import itertools
 import logging
 import math
+import os
 import threading
 import time
 import zlib
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -164,6 +166,8 @@ class WhisperAsr:
         self.prompt = list(self.tokenizer.sot_sequence) + [self.tokenizer.no_timestamps]
         self.eot = self.tokenizer.eot
         self.load_seconds = time.perf_counter() - t0
+        # The threads CTranslate2 started for this model (set by shared_lanes).
+        self.thread_ids: frozenset[int] = frozenset()
         log.info("whisper loaded", extra={"model_dir": self.model_dir, "seconds": round(self.load_seconds, 2), "compute_type": compute_type})
 
     def log_mel(self, audio: np.ndarray, frames: int) -> np.ndarray:
@@ -327,49 +331,90 @@ class WhisperAsr:
         return self.tokenizer.decode(ids).strip()
 
 
+def _thread_ids() -> set[int]:
+    try:
+        return {int(t) for t in os.listdir("/proc/self/task")}
+    except OSError:  # not Linux
+        return set()
+
+
 @functools.cache
-def shared_asr(model_dir: str = "", compute_type: str = "int8", cpu_threads: int = 1, workers: int = 2) -> WhisperAsr:
-    """The process's one Whisper model (loading it twice would double memory and
-    let decodes fight over the same cores)."""
-    return WhisperAsr(model_dir, compute_type, cpu_threads, workers)
+def shared_lanes(
+    model_dir: str = "",
+    compute_type: str = "int8",
+    cpu_threads: int = 1,
+    lanes: int = 2,
+    background_nice: int = 19,
+) -> tuple[WhisperAsr, ...]:
+    """The process's Whisper models, one per DecodeScheduler lane (loaded once:
+    loading them per stream would multiply memory and let decodes fight over the
+    same cores). Lane 0 is the urgent lane; the threads CTranslate2 starts for
+    the others (its one worker per replica, which runs all of a decode's
+    compute) get `background_nice` added to their nice value, so an interim
+    running when a pause begins yields the cores to the pause's decode and the
+    turn model instead of slowing them down (measured alone: the urgent encoder
+    pass 0.44 s next to an interim at the same priority, 0.36 s at nice 19, 0.32 s
+    with no interim). Raising a thread's nice value needs no privilege; where it
+    fails the lane runs at normal priority."""
+    models = []
+    for lane in range(max(1, lanes)):
+        before = _thread_ids()
+        asr = WhisperAsr(model_dir, compute_type, cpu_threads, workers=1)
+        started = _thread_ids() - before
+        asr.thread_ids = frozenset(started)
+        if lane and background_nice > 0:
+            try:
+                for tid in started:
+                    os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + background_nice))
+            except OSError as exc:
+                log.warning("background decode lane keeps normal priority", extra={"error": str(exc)})
+            else:
+                log.info("background decode lane", extra={"lane": lane, "threads": len(started), "nice": background_nice})
+        models.append(asr)
+    return tuple(models)
 
 
 class DecodeScheduler:
-    """`lanes` worker threads run jobs, highest priority first.
+    """One worker thread per lane runs jobs, highest priority first; a job is
+    `fn(model)` with the lane's model (`models[i]`: a WhisperAsr, or anything a
+    test passes).
 
-    With two or more lanes, interims may occupy all but one: a pause's decode (the
-    end of turn waits for it) then starts at once instead of behind an interim's
-    encoder pass, which was running at 58 % of the pauses of the understanding
-    bench with one lane. Each lane uses its own CTranslate2 replica
-    (`WhisperAsr(workers=lanes)`); at utterance-length windows one thread per
-    decode is as fast as two here (the encoder on a 4 s window: 0.108 s on one
-    thread, 0.100 s on two), so lanes of one thread cost no latency and keep the
-    cores busy with different work.
+    With two or more lanes, lane 0 is the **urgent lane**: it runs only the
+    decodes the end of turn waits on (speculative and final), so a pause's
+    decode starts at once instead of behind an interim's encoder pass (which was
+    running at 58 % of the pauses of the understanding bench with one lane);
+    interims run on the other lanes, whose models run at a lower CPU priority
+    (`shared_lanes(background_nice=)`). An urgent job takes another lane only
+    when the urgent one is busy. Each lane has its own CTranslate2 replica.
 
     Loop-agnostic (plain threads and concurrent futures): await a job with
     `asyncio.wrap_future`. A job cancelled before it starts is skipped, so a
     stream can withdraw work that became stale.
     """
 
-    def __init__(self, name: str = "asr", lanes: int = 1, low_priority: int = PRIO_INTERIM) -> None:
+    def __init__(self, name: str = "asr", models: Sequence[Any] = (None,), low_priority: int = PRIO_INTERIM) -> None:
         # Waiting jobs (priority, submit order, future, fn); a handful at most,
-        # so picking one is a scan (a heap cannot skip the interims a full set
-        # of interim lanes must leave waiting).
-        self._jobs: list[tuple[int, int, Future, Callable[[], Any]]] = []
+        # so picking one is a scan.
+        self._jobs: list[tuple[int, int, Future, Callable[[Any], Any]]] = []
         self._seq = itertools.count()
         self._cv = threading.Condition()
-        self._lanes = max(1, lanes)
-        # Jobs of this priority or lower may use all lanes but one.
+        self._models = list(models) or [None]
+        # Jobs of this priority or lower never run on the urgent lane.
         self._low_priority = low_priority
-        self._running: list[int] = []  # priorities of the running jobs
+        self._busy = [False] * len(self._models)
         self._closed = False
         self._threads = [
-            threading.Thread(target=self._work, name=f"{name}-{i}", daemon=True) for i in range(self._lanes)
+            threading.Thread(target=self._work, args=(i,), name=f"{name}-{i}", daemon=True)
+            for i in range(len(self._models))
         ]
         for thread in self._threads:
             thread.start()
 
-    def submit(self, priority: int, fn: Callable[[], Any]) -> Future:
+    @property
+    def lanes(self) -> int:
+        return len(self._models)
+
+    def submit(self, priority: int, fn: Callable[[Any], Any]) -> Future:
         fut: Future = Future()
         with self._cv:
             if self._closed:
@@ -381,41 +426,47 @@ class DecodeScheduler:
     def backlog(self) -> int:
         """Jobs waiting or running (cancelled ones still queued are not counted)."""
         with self._cv:
-            return len(self._running) + sum(1 for _, _, f, _ in self._jobs if not f.cancelled())
+            return sum(self._busy) + sum(1 for _, _, f, _ in self._jobs if not f.cancelled())
 
-    def _runnable(self) -> int | None:
-        """Index of the job to start now (a cancelled one first: it is dropped),
-        or None. Called with the lock."""
-        low_running = sum(1 for p in self._running if p >= self._low_priority)
-        low_allowed = self._lanes if self._lanes == 1 else self._lanes - 1
-        eligible = [i for i, (prio, _, fut, _) in enumerate(self._jobs)
-                    if fut.cancelled() or prio < self._low_priority or low_running < low_allowed]
-        cancelled = [i for i in eligible if self._jobs[i][2].cancelled()]
-        if cancelled:
-            return cancelled[0]
-        return min(eligible, key=lambda i: self._jobs[i][:2], default=None)
+    def _runnable(self, lane: int) -> int | None:
+        """Index of the job `lane` starts now (a cancelled one first: it is
+        dropped), or None. Called with the lock."""
+        split = self.lanes > 1
+        best: int | None = None
+        for i, (prio, _, fut, _) in enumerate(self._jobs):
+            if fut.cancelled():
+                return i
+            urgent = prio < self._low_priority
+            if split and lane == 0 and not urgent:
+                continue  # the urgent lane waits for the end of turn's decodes
+            if split and lane != 0 and urgent and not self._busy[0]:
+                continue  # the urgent lane is free: it runs at full priority
+            if best is None or self._jobs[i][:2] < self._jobs[best][:2]:
+                best = i
+        return best
 
-    def _work(self) -> None:
+    def _work(self, lane: int) -> None:
+        model = self._models[lane]
         while True:
             with self._cv:
                 while True:
                     if self._closed and not self._jobs:
                         return
-                    i = self._runnable() if len(self._running) < self._lanes else None
+                    i = self._runnable(lane)
                     if i is not None:
                         break
                     self._cv.wait()
                 prio, _, fut, fn = self._jobs.pop(i)
                 if not fut.set_running_or_notify_cancel():
                     continue
-                self._running.append(prio)
+                self._busy[lane] = True
             try:
-                fut.set_result(fn())
+                fut.set_result(fn(model))
             except BaseException as exc:  # delivered to the awaiting stream
                 fut.set_exception(exc)
             finally:
                 with self._cv:
-                    self._running.remove(prio)
+                    self._busy[lane] = False
                     self._cv.notify_all()
 
     def close(self) -> None:

@@ -1,8 +1,9 @@
 """The Stt gRPC servicer: one TurnStream per Transcribe call over the process's
 shared models.
 
-Process-wide (loaded once): Whisper and its DecodeScheduler (`decode_lanes` decodes
-at a time, one lane kept free of interims, priorities, stale work dropped), the Silero VAD session, the Smart Turn session.
+Process-wide (loaded once): Whisper (one model per decode lane) and its
+DecodeScheduler (`decode_lanes` decodes at a time, an urgent lane kept for the end
+of turn's decodes, interims at a lower CPU priority, stale work dropped), the Silero VAD session, the Smart Turn session.
 VAD and turn model each run in their own single-thread executor so a stream's
 speech events and end-of-turn decisions never wait behind a Whisper decode.
 """
@@ -43,6 +44,10 @@ SERVICE_NAME = "voxmesh.v1.Stt"
 _PRIORITY = {"final": asr_mod.PRIO_FINAL, "speculative": asr_mod.PRIO_SPECULATIVE, "interim": asr_mod.PRIO_INTERIM}
 
 
+def _word(token: str) -> str:
+    return "".join(ch for ch in token.lower() if ch.isalnum() or ch == "'")
+
+
 class BadRequest(Exception):
     """Invalid input from the caller: answered with INVALID_ARGUMENT."""
 
@@ -54,34 +59,64 @@ class Engine:
         if settings.turn_policy not in ("fused", "audio"):
             raise ValueError(f"VOXMESH_STT_TURN_POLICY must be fused or audio, got {settings.turn_policy!r}")
         self.settings = settings
-        self.asr = asr_mod.shared_asr(settings.model_dir, settings.compute_type, settings.cpu_threads, settings.decode_lanes)
-        self.scheduler = asr_mod.DecodeScheduler("stt-asr", lanes=settings.decode_lanes)
+        self.lanes = asr_mod.shared_lanes(
+            settings.model_dir, settings.compute_type, settings.cpu_threads, settings.decode_lanes,
+            settings.background_nice,
+        )
+        self.asr = self.lanes[0]  # plans (tokenizer, window) are the same for every lane
+        self.scheduler = asr_mod.DecodeScheduler("stt-asr", self.lanes)
         self.vad_model = vad.shared_model()
         self.turn_model = smart_turn.load(settings.smart_turn_path, settings.turn_threads)
         self.vad_pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="stt-vad")
         self.turn_pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="stt-turn")
 
     async def decode(self, audio: np.ndarray, prefix: str, kind: str) -> Transcript:
+        """Interims on the `interim_pad_s` window, a pause's decode on
+        `pause_pad_s`, finals decoded from scratch and frozen segments on
+        `encoder_pad_s`. A pause decode on a shorter window than `encoder_pad_s`
+        whose last word the decoder doubts is done again on `encoder_pad_s`,
+        and that is the text (see settings)."""
         s = self.settings
-        asr = self.asr
+        pad = {"interim": s.interim_pad_s, "speculative": s.pause_pad_s}.get(kind, s.encoder_pad_s)
+        result = await self._decode_once(audio, prefix, kind, pad)
+        metric("voxmesh_stt_decode_seconds").labels(kind).observe(result.seconds)
+        shorter = 0 < pad < s.encoder_pad_s or (pad > 0 and s.encoder_pad_s <= 0)
+        if kind == "speculative" and shorter and result.text.strip() and (
+            not result.tail or result.tail[-1][1] < s.redecode_below
+        ):
+            # (an unknown tail, e.g. after a loop was cut, counts as doubtful)
+            again = await self._decode_once(audio, prefix, kind, s.encoder_pad_s)
+            metric("voxmesh_stt_decode_seconds").labels("redecode").observe(again.seconds)
+            log.debug("pause decoded again", extra={"fast": result.text, "fast_tail": result.tail[-1:] or None,
+                                                     "text": again.text, "tail": again.tail[-1:] or None})
+            tail = again.tail
+            if tail and result.tail and _word(tail[-1][0]) == _word(result.tail[-1][0]):
+                # Both windows heard the same doubtful last word: the long window's
+                # confidence alone is no evidence ("about um" heard as "about him?":
+                # 0.45 on the short window, 0.50 on the long one), keep the doubt.
+                tail = tail[:-1] + ((tail[-1][0], min(tail[-1][1], result.tail[-1][1])),)
+            result = asr_mod.DecodeResult(again.text, result.seconds + again.seconds, again.window_s,
+                                          again.no_speech_prob, tail)
+        return Transcript(result.text, result.seconds, result.tail)
+
+    async def _decode_once(self, audio: np.ndarray, prefix: str, kind: str, pad_s: float) -> asr_mod.DecodeResult:
+        s = self.settings
         prio = _PRIORITY[kind]
         interim = kind == "interim"
-        plan = asr.plan(
-            audio, prefix=prefix, pad_s=s.encoder_pad_s, max_tokens_per_s=s.max_tokens_per_s
-        )
+        plan = self.asr.plan(audio, prefix=prefix, pad_s=pad_s, max_tokens_per_s=s.max_tokens_per_s)
         beam = s.interim_beam_size if interim else s.final_beam_size
         # Two jobs: the encoder pass, then the search. Between them a speculative or
         # final decode that arrived meanwhile runs first, and a stream that moved on
         # (it cancels this task) never submits the search: the wait a pause can see
         # behind an interim is one encoder pass, not a whole decode. Cancelling the
         # awaiting task also drops a job that has not started.
-        encoded, encode_s = await asyncio.wrap_future(self.scheduler.submit(prio, lambda: asr.encode(plan)))
-        result = await asyncio.wrap_future(
+        encoded, encode_s = await asyncio.wrap_future(self.scheduler.submit(prio, lambda lane: lane.encode(plan)))
+        return await asyncio.wrap_future(
             # Interims are shown, not judged: only pause decodes need the tail's confidence.
-            self.scheduler.submit(prio, lambda: asr.finish(plan, encoded, encode_s, beam_size=beam, confidence=not interim))
+            self.scheduler.submit(
+                prio, lambda lane: lane.finish(plan, encoded, encode_s, beam_size=beam, confidence=not interim)
+            )
         )
-        metric("voxmesh_stt_decode_seconds").labels(kind).observe(result.seconds)
-        return Transcript(result.text, result.seconds, result.tail)
 
     def turn_fn(self):
         if self.turn_model is None:
@@ -108,7 +143,8 @@ class Engine:
         CTranslate2's and onnxruntime's lazy initialization."""
         t0 = time.perf_counter()
         silence = np.zeros(16000, dtype=np.float32)
-        self.asr.decode(silence)
+        for lane in self.lanes:
+            lane.decode(silence)
         if self.turn_model is not None:
             self.turn_model(silence)
         vad.VadState(self.vad_model)(silence)

@@ -27,11 +27,19 @@ class SttSettings:
     model_dir: str = ""
     compute_type: str = "int8"
     # Whisper decodes that run at once (one CTranslate2 replica each); with two or
-    # more, interims never take the last lane, so a pause's decode starts at once
-    # instead of behind an interim (asr.DecodeScheduler).
+    # more, lane 0 runs only the decodes the end of turn waits on, so a pause's
+    # decode starts at once instead of behind an interim (asr.DecodeScheduler).
     decode_lanes: int = 2
+    # Added to the nice value of the other lanes' threads (0..19): an interim
+    # still running when a pause begins then yields the cores to the pause's
+    # decode and Smart Turn (asr.shared_lanes). 0 = all lanes at one priority.
+    background_nice: int = 19
     # Threads of one decode. The ASR CPU budget of the process is
-    # decode_lanes x cpu_threads (+ turn_threads for Smart Turn).
+    # decode_lanes x cpu_threads (+ turn_threads for Smart Turn), the background
+    # lanes' share yielding to the urgent lane's. Two threads for the urgent
+    # lane were tried: a pause decode next to Smart Turn took 0.45 instead of
+    # 0.58 s alone, but in the streaming bench (with interims) 0.44 instead of
+    # 0.38 s and 10 % more CPU (the two vCPUs here are oversubscribed then).
     cpu_threads: int = 1
     # Threads for the Smart Turn model (its own executor, so an end-of-turn decision
     # never waits behind a Whisper decode).
@@ -66,18 +74,32 @@ class SttSettings:
     # Token budget per second of audio (plus a constant): bounds a decode that
     # starts to repeat itself. Speech runs at about 4-5 tokens/s.
     max_tokens_per_s: float = 8.0
-    # The encoder sees the clip padded by this much silence instead of Whisper's
-    # fixed 30 s window: the encoder costs ~25 ms per second of window on this
-    # box's cores, so the padding is most of a decode. Less padding makes Whisper
-    # say a sentence again or loop on a clip cut mid-word; the repetition is cut
-    # off (asr.cut_repeat). 3 s measured as accurate as 8 s on the bench's
-    # utterances (WER 0.121 vs 0.135 at their ends) and ~80 ms cheaper per pause
-    # decode, but it continues a stable prefix of homophones badly: after "...my
-    # order for to" it hears the final "nine" as "line" (8 s: "nine"), which
-    # loses the order number the fault tests ask about. So 8 s until the pause
-    # decodes are checked on digit strings read after such prefixes.
-    # 0 = always the full 30 s window.
+    # The encoder sees the clip padded by silence instead of Whisper's fixed 30 s
+    # window: the encoder costs ~30 ms per second of window on this box's cores,
+    # so the padding is most of a decode. Less padding makes Whisper say a
+    # sentence again or loop on a clip cut mid-word; the repetition is cut off
+    # (asr.cut_repeat).
+    # Interims: interim_pad_s. They are shown, not judged, and their stable
+    # prefix is as good as with 8 s (final WER 0.151 after 3 s interims vs 0.182
+    # after 8 s ones, replayed on the bench's utterances), at half the CPU.
+    # A pause's decode (the Final if the turn ends there): pause_pad_s. 3 s is
+    # ~0.16 s cheaper than 8 s alone and as accurate on average, but at a cut
+    # phrase it is more often confidently wrong in a way that ends the turn
+    # ("...my phone number is five five five" -> "time time time" at p 0.98,
+    # "Please send it to" -> "...to me." at 0.505): 2 of 24 false cut-offs in
+    # each of 3 bench runs instead of 1, over the target. 5 s: 1 of 24, the
+    # end-of-turn median ~110-150 ms below 8 s (docs/understanding.md).
+    # When pause_pad_s < encoder_pad_s, a pause decode whose last word is below
+    # redecode_below is decoded again at encoder_pad_s (when both windows hear
+    # the same word, the lower probability is kept); this catches the short
+    # window's doubtful last words ("...my order for to one line", p 0.19,
+    # instead of "nine"), not its confident ones.
+    # encoder_pad_s also pads finals decoded from scratch and frozen segments.
+    # 0 = the full 30 s window.
+    interim_pad_s: float = 3.0
+    pause_pad_s: float = 5.0
     encoder_pad_s: float = 8.0
+    redecode_below: float = 0.6
 
     # --- interim cadence and CPU budget ----------------------------------------
     # First interim once this much turn audio is there, then every interim_interval_ms

@@ -12,8 +12,9 @@ import numpy as np
 # The order question the end-to-end and fault tests ask, whose answer ("out for
 # delivery") proves the digits were heard. tiny.en on espeak-ng's voice is on a
 # knife edge with it ("...for to one nine" or "...one line/eye" depending on the
-# clip's end, the forced prefix and the encoder padding); the stt defaults are
-# chosen so that it passes (see stt settings.encoder_pad_s). "Can you check my
+# clip's end, the forced prefix and the encoder padding: the short windows write
+# "line" at p ~0.2, which the stt decodes again on the long window, see stt
+# settings.pause_pad_s). "Can you check my
 # order four two one nine?" was tried and was no better through the stt-kill
 # replay ("...for to one line?" at 3 s of padding, "...for two well?" at 8 s).
 ORDER_QUESTION = "Where is my order four two one nine?"
