@@ -36,7 +36,7 @@ def released(buf: ReorderBuffer, seqs) -> list:
     for s in seqs:
         _, batch = buf.add(Pkt(s))
         if batch is not None:
-            out += [None if d is None else d[0] for d in batch.items]
+            out += [None if d is None else d[1][0] for d in batch.items]
     return out
 
 
@@ -44,7 +44,7 @@ def test_in_order_packets_are_released_at_once():
     buf = ReorderBuffer(max_wait=2)
     for s in range(5):
         _, batch = buf.add(Pkt(s))
-        assert [d[0] for d in batch.items] == [s]
+        assert [d[1][0] for d in batch.items] == [s] and batch.items[0][0] == s * 960
 
 
 def test_a_reordered_packet_is_waited_for_and_a_lost_one_concealed():
@@ -192,6 +192,61 @@ def test_the_answer_asks_for_40_ms_packets_in_its_audio_section_only():
     assert request_ptime(sdp, 0) == sdp and request_ptime(out, 60) == out
 
 
+def test_the_answer_asks_for_opus_dtx_in_the_opus_fmtp_only():
+    from voxmesh_edge.media import request_dtx
+
+    sdp = ("v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111 0\r\na=rtpmap:111 opus/48000/2\r\n"
+           "a=fmtp:111 minptime=10;useinbandfec=1\r\na=rtpmap:0 PCMU/8000\r\na=fmtp:0 x=1\r\n")
+    out = request_dtx(sdp)
+    assert "a=fmtp:111 minptime=10;useinbandfec=1;usedtx=1\r\n" in out and "a=fmtp:0 x=1\r\n" in out
+    assert request_dtx(out) == out
+    bare = request_dtx("v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 96\r\na=rtpmap:96 OPUS/48000/2\r\na=ptime:40\r\n")
+    assert "a=rtpmap:96 OPUS/48000/2\r\na=fmtp:96 usedtx=1\r\na=ptime:40" in bare
+
+
+def _dtx_stream(dec, codec, enc, packets) -> None:
+    """Feed (RTP timestamp, kind) packets: "speech" = 20 ms of tone, "dtx" = a DTX packet."""
+    from voxmesh_edge.media import _Batch
+
+    speech = (6000 * np.sin(2 * np.pi * 440 * np.arange(960) / 48000)).astype(np.int16)
+    silence = enc.encode(np.zeros(960, np.int16))
+    for ts, kind in packets:
+        data = enc.encode(speech) if kind == "speech" else dtx_packet(silence)
+        dec.put((codec, _Batch(ts, [(ts, data)])))
+
+
+def test_dtx_gaps_are_handed_on_as_silence_on_the_callers_clock():
+    """A caller in DTX sends a packet per 400 ms with the RTP clock running on:
+    stt must get the whole gap as silence (its VAD ends the turn on it), the
+    sequence numbers say nothing was lost. A jump beyond MAX_GAP_S is a
+    discontinuity, not filled; timestamps wrap at 2^32."""
+    from types import SimpleNamespace
+
+    from voxmesh_edge.media import InlineDecoder
+
+    codec, enc = SimpleNamespace(name="opus"), opus.Encoder(48000, 32000)
+    taps: list[int] = []
+    q: asyncio.Queue = asyncio.Queue()
+    dec = InlineDecoder(q, chunk_frames=2, tap=lambda pcm: taps.append(pcm.size))
+    start = 2**32 - 3 * 960  # the RTP clock wraps during the talkspurt
+    talk = [((start + i * 960) & 0xFFFFFFFF, "speech") for i in range(5)]
+    end = start + 5 * 960
+    dtx = [((end + k * 19200) & 0xFFFFFFFF, "dtx") for k in range(3)]  # 3 DTX packets, 400 ms apart
+    resume = [((end + 2 * 19200 + 960 + i * 960) & 0xFFFFFFFF, "speech") for i in range(4)]
+    _dtx_stream(dec, codec, enc, talk + dtx + resume)
+    frames = [q.get_nowait() for _ in range(q.qsize())]
+    total = sum(f.samples for f in frames) + dec._pending_n
+    # the caller's timeline: from the first packet to the end of the last one
+    assert total == (5 * 960 + 2 * 19200 + 960 + 4 * 960) // 3
+    assert dec.dtx_filled == 2 * (19200 - 960) // 3  # each 400 ms gap minus the DTX packet's own 20 ms
+    assert sum(taps) == total  # the onset detector sees the same clock
+    assert [f.pts for f in frames] == list(np.cumsum([0] + [f.samples for f in frames[:-1]]))
+
+    dec2 = InlineDecoder(asyncio.Queue(), chunk_frames=1)
+    _dtx_stream(dec2, codec, enc, [(0, "speech"), (960 + int(InlineDecoder.MAX_GAP_S * 48000) + 960, "speech")])
+    assert dec2.dtx_filled == 0  # a restarted sender's jump is not silence
+
+
 def test_40_ms_packets_and_chunks_decode_to_640_samples():
     from types import SimpleNamespace
 
@@ -203,10 +258,10 @@ def test_40_ms_packets_and_chunks_decode_to_640_samples():
     codec = SimpleNamespace(name="opus")
     tone = (6000 * np.sin(2 * np.pi * 440 * np.arange(1920 * 5) / 48000)).astype(np.int16)
     for i in range(5):  # 40 ms packets: one chunk each
-        dec.put((codec, _Batch(i * 1920, [enc.encode(tone[i * 1920 : (i + 1) * 1920])])))
+        dec.put((codec, _Batch(i * 1920, [(i * 1920, enc.encode(tone[i * 1920 : (i + 1) * 1920]))])))
     for i in range(4):  # 20 ms packets: a chunk every second one; a lost one is concealed
-        data = None if i == 2 else enc.encode(tone[i * 960 : (i + 1) * 960])
-        dec.put((codec, _Batch(0, [data])))
+        ts = 5 * 1920 + i * 960
+        dec.put((codec, _Batch(ts, [None if i == 2 else (ts, enc.encode(tone[i * 960 : (i + 1) * 960]))])))
     frames = [q.get_nowait() for _ in range(q.qsize())]
     assert [f.samples for f in frames] == [640] * 7
     assert [f.pts for f in frames] == [640 * i for i in range(7)]
@@ -352,7 +407,7 @@ def test_decoded_chunks_reach_the_session_as_numpy_without_an_av_frame():
     dec = InlineDecoder(q, chunk_frames=2)
     enc = opus.Encoder(48000, 32000)
     for i in range(2):
-        dec.put((SimpleNamespace(name="opus"), _Batch(i * 960, [enc.encode(tone(20))])))
+        dec.put((SimpleNamespace(name="opus"), _Batch(i * 960, [(i * 960, enc.encode(tone(20)))])))
     frame = q.get_nowait()
     assert isinstance(frame, PcmFrame)
     assert (frame.samples, frame.sample_rate, frame.pts, frame.layout.name) == (640, 16000, 0, "mono")

@@ -90,6 +90,32 @@ def request_ptime(sdp: str, ptime_ms: int) -> str:
     return "\r\n".join(out)
 
 
+def request_dtx(sdp: str) -> str:
+    """Ask the caller to stop sending audio while its user is silent: `usedtx=1`
+    in our answer's Opus fmtp (RFC 7587 section 6.1: the receiver's preference;
+    browsers' Opus encoders follow it). A silent browser then sends one packet
+    per 400 ms instead of one per 40 ms, which is most of a call's inbound
+    packets (the user listens while the agent talks). Only with the fast
+    receiver: it fills the RTP timestamp gaps of a DTX stream with silence
+    (InlineDecoder), so stt's audio clock, and the pause that ends a turn, stay
+    exact; a receive path that releases audio per packet would compress them."""
+    lines = sdp.split("\r\n")
+    opus_pts = {ln.split()[0].split(":", 1)[1] for ln in lines
+                if ln.startswith("a=rtpmap:") and " " in ln and ln.split()[1].lower().startswith("opus/")}
+    out, fmtp_done = [], set()
+    for line in lines:
+        if line.startswith("a=fmtp:") and line[7:].split(" ", 1)[0] in opus_pts:
+            pt = line[7:].split(" ", 1)[0]
+            fmtp_done.add(pt)
+            if "usedtx=" not in line:
+                line += ";usedtx=1" if " " in line else " usedtx=1"
+        out.append(line)
+    for pt in opus_pts - fmtp_done:  # no fmtp line yet: one after the rtpmap
+        i = next(i for i, ln in enumerate(out) if ln.startswith(f"a=rtpmap:{pt} "))
+        out.insert(i + 1, f"a=fmtp:{pt} usedtx=1")
+    return "\r\n".join(out)
+
+
 def dtx_packet(silence: bytes) -> bytes | None:
     """The Opus DTX packet for an encoder whose silence packet is `silence`:
     its TOC byte (same mode, bandwidth and frame size) with frames of length 0
@@ -601,8 +627,9 @@ def _sender_supported(sender: RTCRtpSender) -> bool:
 
 
 class _Batch:
-    """What ReorderBuffer releases: packets in order, None for a lost one.
-    Quacks like aiortc's JitterFrame where the receiver touches it (timestamp)."""
+    """What ReorderBuffer releases: (RTP timestamp, payload) of the packets in
+    order, None for a lost one. Quacks like aiortc's JitterFrame where the
+    receiver touches it (timestamp)."""
 
     __slots__ = ("timestamp", "items")
 
@@ -656,7 +683,7 @@ class ReorderBuffer:
                 self.lost += 1
                 self._lost_metric.inc()
             else:
-                items.append(p._data)
+                items.append((p.timestamp, p._data))
                 ts = p.timestamp if ts is None else ts
             self._next = uint16_add(self._next, 1)
         if not items:
@@ -682,7 +709,18 @@ class InlineDecoder:
 
     `tap`, when set, sees every decoded packet's PCM at once, before chunking:
     the session's barge-in onset detector (voxmesh_edge.onset) runs there, so
-    the chunk size adds nothing to the time the agent takes to stop."""
+    the chunk size adds nothing to the time the agent takes to stop.
+
+    Opus DTX (`request_dtx`): a caller whose user is silent sends a packet every
+    400 ms or so, with the RTP timestamps running on and the sequence numbers
+    contiguous. The gap between where the audio decoded so far ends and the next
+    packet's timestamp is handed on as digital silence, so the audio clock stt
+    and the onset detector see is the caller's (a turn's pause is as long as it
+    was). A forward jump of more than MAX_GAP_S is a discontinuity (a restarted
+    sender), not silence: it is not filled."""
+
+    MAX_GAP_S = 2.0
+    _CLOCK = 48000  # Opus' RTP clock rate (RFC 7587), whatever the audio's rate
 
     def __init__(self, output: asyncio.Queue, rate: int = STT_RATE, chunk_frames: int = 1,
                  tap: Callable[[np.ndarray], None] | None = None) -> None:
@@ -697,6 +735,8 @@ class InlineDecoder:
         self._pending: list[np.ndarray] = []
         self._pending_n = 0
         self.tap = tap
+        self._next_ts: int | None = None  # RTP timestamp where the decoded audio ends
+        self.dtx_filled = 0  # samples of silence put in DTX gaps
 
     def put(self, item) -> None:
         if item is None:
@@ -713,31 +753,50 @@ class InlineDecoder:
                 from aiortc.codecs import get_decoder
 
                 self._fallback = get_decoder(codec)
-        items = batch.items if isinstance(batch, _Batch) else [batch.data]
-        for data in items:
+        items = batch.items if isinstance(batch, _Batch) else [(batch.timestamp, batch.data)]
+        for item in items:
             if self._opus is not None:
                 try:
-                    pcm = self._opus.conceal() if data is None else self._opus.decode(data)
+                    if item is None:
+                        pcm = self._opus.conceal()
+                    else:
+                        self._fill_gap(item[0])
+                        pcm = self._opus.decode(item[1])
+                        self._next_ts = item[0]
                 except opus.OpusError as exc:
                     log.debug("opus decode failed: %s", exc)
                     continue
-                if self.tap is not None:
-                    self.tap(pcm)
-                self._pending.append(pcm)
-                self._pending_n += pcm.size
-                if self._pending_n >= self._chunk:
-                    self._flush()
-            elif data is not None:
+                if self._next_ts is not None:
+                    self._next_ts = (self._next_ts + pcm.size * self._CLOCK // self._rate) & 0xFFFFFFFF
+                self._hand_on(pcm)
+            elif item is not None:
                 from aiortc.jitterbuffer import JitterFrame
 
                 try:
-                    frames = self._fallback.decode(JitterFrame(data, batch.timestamp))
+                    frames = self._fallback.decode(JitterFrame(item[1], batch.timestamp))
                 except av.FFmpegError as exc:
                     log.debug("decode failed: %s", exc)
                     continue
                 for frame in frames:
                     self._out.put_nowait(frame)
 
+
+    def _fill_gap(self, ts: int) -> None:
+        if self._next_ts is None:
+            return
+        gap = (ts - self._next_ts) & 0xFFFFFFFF  # RTP timestamps wrap at 2^32
+        if 0 < gap <= self.MAX_GAP_S * self._CLOCK:
+            silence = np.zeros(gap * self._rate // self._CLOCK, np.int16)
+            self.dtx_filled += silence.size
+            self._hand_on(silence)
+
+    def _hand_on(self, pcm: np.ndarray) -> None:
+        if self.tap is not None:
+            self.tap(pcm)
+        self._pending.append(pcm)
+        self._pending_n += pcm.size
+        if self._pending_n >= self._chunk:
+            self._flush()
 
     def _flush(self) -> None:
         if not self._pending_n:

@@ -36,7 +36,7 @@ from voxmesh.v1 import stt_pb2, tts_pb2
 from voxmesh_edge.audio import STT_RATE, WEBRTC_RATE, Resampler, frame_to_mono
 from voxmesh_edge import resume
 from voxmesh_edge.echo import EchoGuard
-from voxmesh_edge.media import PacedOpusTrack, accelerate, request_ptime
+from voxmesh_edge.media import PacedOpusTrack, accelerate, request_dtx, request_ptime
 from voxmesh_edge.onset import OnsetDetector, OnsetOptions
 from voxmesh_edge.playout import Playout, PlayoutTrack, Segment
 from voxmesh_edge.settings import EdgeSettings
@@ -185,6 +185,7 @@ class EdgeSession:
         if not audio:
             raise SessionError("the offer has no audio m-line")
         audio[0].sender.replaceTrack(self.track)
+        did = {"receiver": False}
         if self.settings.fast_media:
             did = accelerate(audio[0], self.track, self.settings.reorder_frames, self.settings.inbound_chunk_ms,
                              tap=self._listen_for_bargein if self.onset is not None else None)
@@ -199,8 +200,12 @@ class EdgeSession:
         # The token lets the client reattach to this conversation on any edge if
         # this PeerConnection fails or this edge drains (voxmesh_edge.resume).
         self.send_client({"type": "session", "session_id": self.id, "resume_token": self.resume_token(), "resumed": self.resumed})
-        return request_ptime(self.pc.localDescription.sdp, self.settings.inbound_ptime_ms) if self.settings.fast_media \
-            else self.pc.localDescription.sdp
+        sdp = self.pc.localDescription.sdp
+        if self.settings.fast_media:
+            sdp = request_ptime(sdp, self.settings.inbound_ptime_ms)
+        if did["receiver"] and self.settings.inbound_dtx:
+            sdp = request_dtx(sdp)  # only where the receiver fills DTX gaps
+        return sdp
 
     def resume_token(self) -> str:
         return resume.issue(self.settings.token_secret, self.id, self.settings.token_ttl_s)

@@ -120,6 +120,10 @@ class EdgeSettings:
     # Browsers follow it; 40 ms halves the inbound packet rate (and its cost) for
     # no delay beyond inbound_chunk_ms. 0 = don't ask (callers send 20 ms).
     inbound_ptime_ms: int = 40
+    # Asked of the caller in our answer (usedtx=1 in the Opus fmtp, fast receive
+    # path only): no packets while its user is silent but one per ~400 ms
+    # (browsers); the receiver fills the timestamp gaps with silence for stt.
+    inbound_dtx: bool = True
     # Agent audio per packet we send: 20, or 40 to halve the outbound packet
     # rate for 20 ms more delay on every reply.
     playout_ptime_ms: int = 20
