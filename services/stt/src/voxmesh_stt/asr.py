@@ -125,6 +125,18 @@ def repeat_start(text: str) -> int | None:
     return best
 
 
+def second_look(first: DecodeResult, again: DecodeResult) -> DecodeResult:
+    """`again` (the same audio decoded on a longer window because `first` was
+    unsure of its last word), with both decodes' time. When both heard the same
+    last word, the lower of its two probabilities is kept: the long window's
+    confidence alone is no evidence ("about um" heard as "about him?": 0.45 on
+    the short window, 0.50 on the long one)."""
+    tail = again.tail
+    if tail and first.tail and _words(tail[-1][0]) == _words(first.tail[-1][0]):
+        tail = tail[:-1] + ((tail[-1][0], min(tail[-1][1], first.tail[-1][1])),)
+    return DecodeResult(again.text, first.seconds + again.seconds, again.window_s, again.no_speech_prob, tail)
+
+
 def cut_repeat(text: str) -> str:
     """The text before a loop's first repetition."""
     j = repeat_start(text)

@@ -44,10 +44,6 @@ SERVICE_NAME = "voxmesh.v1.Stt"
 _PRIORITY = {"final": asr_mod.PRIO_FINAL, "speculative": asr_mod.PRIO_SPECULATIVE, "interim": asr_mod.PRIO_INTERIM}
 
 
-def _word(token: str) -> str:
-    return "".join(ch for ch in token.lower() if ch.isalnum() or ch == "'")
-
-
 class BadRequest(Exception):
     """Invalid input from the caller: answered with INVALID_ARGUMENT."""
 
@@ -80,7 +76,10 @@ class Engine:
         pad = {"interim": s.interim_pad_s, "speculative": s.pause_pad_s}.get(kind, s.encoder_pad_s)
         result = await self._decode_once(audio, prefix, kind, pad)
         metric("voxmesh_stt_decode_seconds").labels(kind).observe(result.seconds)
-        shorter = 0 < pad < s.encoder_pad_s or (pad > 0 and s.encoder_pad_s <= 0)
+        def window(pad_s: float) -> float:  # 0 = the full window
+            return pad_s if pad_s > 0 else asr_mod.FULL_WINDOW_S
+
+        shorter = window(pad) < window(s.encoder_pad_s)
         if kind == "speculative" and shorter and result.text.strip() and (
             not result.tail or result.tail[-1][1] < s.redecode_below
         ):
@@ -89,14 +88,7 @@ class Engine:
             metric("voxmesh_stt_decode_seconds").labels("redecode").observe(again.seconds)
             log.debug("pause decoded again", extra={"fast": result.text, "fast_tail": result.tail[-1:] or None,
                                                      "text": again.text, "tail": again.tail[-1:] or None})
-            tail = again.tail
-            if tail and result.tail and _word(tail[-1][0]) == _word(result.tail[-1][0]):
-                # Both windows heard the same doubtful last word: the long window's
-                # confidence alone is no evidence ("about um" heard as "about him?":
-                # 0.45 on the short window, 0.50 on the long one), keep the doubt.
-                tail = tail[:-1] + ((tail[-1][0], min(tail[-1][1], result.tail[-1][1])),)
-            result = asr_mod.DecodeResult(again.text, result.seconds + again.seconds, again.window_s,
-                                          again.no_speech_prob, tail)
+            result = asr_mod.second_look(result, again)
         return Transcript(result.text, result.seconds, result.tail)
 
     async def _decode_once(self, audio: np.ndarray, prefix: str, kind: str, pad_s: float) -> asr_mod.DecodeResult:
