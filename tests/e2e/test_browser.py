@@ -47,3 +47,20 @@ def test_demo_page_talks_to_the_agent(stack, browser):
     assert state["agents"] and len(state["agents"][0].split()) >= 3
     assert state["audioFrames"] > 30 and state["peak"] > 0.02, "no agent audio reached the page's audio element"
     assert "first audio" in browser.find_element("css selector", ".msg.agent").text
+    # The edge's answer asked for Opus DTX: Chromium stops sending while its
+    # microphone is silent (the WAV's 6 s tail), and the edge hands that silence
+    # on to stt itself (the turn above ended on it).
+    edge = next(url for name, url in stack.metrics_urls.items() if name.startswith("edge"))
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and _metric(edge, "voxmesh_inbound_dtx_seconds_total") < 1.0:
+        time.sleep(0.25)
+    assert _metric(edge, "voxmesh_inbound_dtx_seconds_total") >= 1.0, "Chromium sent no DTX"
+
+
+def _metric(url: str, name: str) -> float:
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = urllib.request.urlopen(url, timeout=5).read().decode()
+    return sum(s.value for fam in text_string_to_metric_families(text) for s in fam.samples if s.name == name)

@@ -247,6 +247,145 @@ def test_dtx_gaps_are_handed_on_as_silence_on_the_callers_clock():
     assert dec2.dtx_filled == 0  # a restarted sender's jump is not silence
 
 
+class _Clock:
+    """Test double of time.monotonic: moves only when the test says."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class _Filler:
+    """Test double of DtxFiller: records who asked to be swept; the test sweeps."""
+
+    def __init__(self) -> None:
+        self.decoders: set = set()
+
+    def add(self, dec) -> None:
+        self.decoders.add(dec)
+
+    def discard(self, dec) -> None:
+        self.decoders.discard(dec)
+
+
+def _live_decoder(fine_s: float = 2.5, chunk_s: float = 0.4):
+    from types import SimpleNamespace
+
+    from voxmesh_edge.media import InlineDecoder
+
+    q: asyncio.Queue = asyncio.Queue()
+    clock, filler = _Clock(), _Filler()
+    dec = InlineDecoder(q, chunk_frames=2, filler=filler, clock=clock, dtx_fine_s=fine_s, dtx_chunk_s=chunk_s)
+    return dec, q, clock, filler, SimpleNamespace(name="opus"), opus.Encoder(48000, 32000)
+
+
+def _drain(q) -> list:
+    return [q.get_nowait() for _ in range(q.qsize())]
+
+
+def test_a_dtx_gap_reaches_stt_as_silence_in_real_time_not_at_the_next_packet():
+    """stt ends a turn on silence it has received: while the caller is in DTX
+    the gap's silence must flow at the caller's pace (FILL_LAG behind), not
+    wait up to 400 ms for the next keep-alive; the keep-alive then adds nothing
+    twice, and the resumed speech lands where the caller's clock says."""
+    dec, q, clock, filler, codec, enc = _live_decoder()
+    talk = [(i * 960, "speech") for i in range(5)]  # 100 ms of speech, 20 ms packets
+    for ts, kind in talk:
+        clock.now += 0.02
+        _dtx_stream(dec, codec, enc, [(ts, kind)])
+    assert not filler.decoders  # speech: nothing to sweep
+    clock.now += 0.02
+    _dtx_stream(dec, codec, enc, [(5 * 960, "dtx")])  # the caller goes silent
+    assert filler.decoders == {dec}
+    _drain(q)
+    handed = dec._pts + dec._pending_n  # samples handed on so far (16 kHz)
+    assert handed == 6 * 320
+    # 200 ms later, no packet has come: the silence up to 40 ms (the 20 ms
+    # packet + the 20 ms margin) behind the caller's clock is out.
+    for _ in range(10):
+        clock.now += 0.02
+        assert dec.fill_live()
+    frames = _drain(q)
+    assert dec._pts + dec._pending_n == handed + (200 - 40) * 16
+    assert all(not f.pcm.any() for f in frames) and all(f.samples == 640 for f in frames)
+    # the keep-alive 400 ms after the gap began fills up to its own timestamp
+    clock.now += 0.2
+    _dtx_stream(dec, codec, enc, [(5 * 960 + 19200, "dtx")])
+    assert dec._pts + dec._pending_n == handed + 400 * 16  # its own 20 ms included
+    # speech again right after it: contiguous, nothing filled twice
+    clock.now += 0.02
+    _dtx_stream(dec, codec, enc, [(5 * 960 + 19200 + 960, "speech")])
+    assert dec._pts + dec._pending_n == handed + 420 * 16
+    assert dec.dtx_filled == (400 - 20) * 16 and not dec.fill_live()
+
+
+def test_speech_that_comes_after_its_time_was_filled_is_handed_on_whole_and_paid_back():
+    dec, q, clock, filler, codec, enc = _live_decoder()
+    clock.now += 0.02
+    _dtx_stream(dec, codec, enc, [(0, "speech")])
+    clock.now += 0.02
+    _dtx_stream(dec, codec, enc, [(960, "dtx")])  # caller clock at 40 ms
+    clock.now += 0.30  # the next packet is 200 ms late (jitter): 300 ms filled
+    dec.fill_live()
+    assert dec._pts + dec._pending_n == (40 + 300 - 40) * 16
+    clock.now += 0.01
+    _dtx_stream(dec, codec, enc, [(960 * 2 + 4800, "speech")])  # was due at caller clock 140 ms
+    # all 20 ms of it handed on (speech is never cut), after the silence
+    assert dec._pts + dec._pending_n == (300 + 20) * 16
+    assert dec._ahead == 160 * 48  # 160 ms ahead of the caller's clock (RTP ticks)
+    # the next gap pays it back: 600 ms of caller silence, 440 handed on
+    clock.now += 0.02
+    _dtx_stream(dec, codec, enc, [(960 * 3 + 4800, "dtx")])
+    _dtx_stream(dec, codec, enc, [(960 * 4 + 4800 + 28800, "speech")])
+    assert dec._ahead == 0
+    assert dec._pts + dec._pending_n == (300 + 20 + 20 + 600 - 160 + 20) * 16
+
+
+def test_a_long_dtx_gap_goes_in_coarse_chunks_after_the_end_of_turn_window_and_stops_without_keepalives():
+    dec, q, clock, filler, codec, enc = _live_decoder(fine_s=0.5, chunk_s=0.4)
+    clock.now += 0.02
+    _dtx_stream(dec, codec, enc, [(0, "speech")])
+    clock.now += 0.02
+    _dtx_stream(dec, codec, enc, [(960, "dtx")])
+    _drain(q)
+    sizes = []
+    for _ in range(60):  # 1.2 s without a keep-alive: real-time silence throughout
+        clock.now += 0.02
+        dec.fill_live()
+        sizes += [f.samples for f in _drain(q)]
+    # 40 ms chunks until 500 ms into the gap, then 400 ms ones
+    assert sizes[:11] == [640] * 11 and 6400 in sizes[11:] and set(sizes) <= {640, 6400, 640 * 2, 320}
+    total = sum(sizes) + dec._pending_n
+    assert (1200 - 40 - 400) * 16 <= total <= (1200 - 40) * 16
+    clock.now += 1.0  # 2.2 s without any packet: not a DTX gap any more
+    assert not dec.fill_live()
+
+
+async def test_the_process_filler_sweeps_only_decoders_in_a_dtx_gap():
+    from voxmesh_edge.media import DtxFiller, InlineDecoder
+
+    filler = DtxFiller.of()
+    assert DtxFiller.of() is filler
+    swept = []
+
+    class Stub(InlineDecoder):
+        """Test double: counts its sweeps, in a gap for two of them."""
+
+        def fill_live(self) -> bool:
+            swept.append(self)
+            return len(swept) < 2
+
+    stub = Stub(asyncio.Queue())
+    filler.add(stub)
+    for _ in range(50):
+        await asyncio.sleep(0.02)
+        if len(filler) == 0:
+            break
+    assert swept == [stub, stub] and len(filler) == 0 and filler._timer is None
+
+
 def test_40_ms_packets_and_chunks_decode_to_640_samples():
     from types import SimpleNamespace
 

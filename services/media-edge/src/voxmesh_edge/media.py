@@ -39,6 +39,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import fractions
+import functools
 import logging
 import struct
 import time
@@ -711,19 +712,40 @@ class InlineDecoder:
     the session's barge-in onset detector (voxmesh_edge.onset) runs there, so
     the chunk size adds nothing to the time the agent takes to stop.
 
-    Opus DTX (`request_dtx`): a caller whose user is silent sends a packet every
-    400 ms or so, with the RTP timestamps running on and the sequence numbers
-    contiguous. The gap between where the audio decoded so far ends and the next
-    packet's timestamp is handed on as digital silence, so the audio clock stt
-    and the onset detector see is the caller's (a turn's pause is as long as it
-    was). A forward jump of more than MAX_GAP_S is a discontinuity (a restarted
-    sender), not silence: it is not filled."""
+    Opus DTX (`request_dtx`): a caller whose user is silent sends one DTX packet
+    (a payload of <= 2 bytes) and then one every 400 ms or so, with the RTP
+    timestamps running on and the sequence numbers contiguous. The gap between
+    where the audio handed on so far ends and the next packet's timestamp is
+    handed on as digital silence, so the audio clock stt and the onset detector
+    see is the caller's (a turn's pause is as long as it was). A forward jump
+    of more than MAX_GAP_S is a discontinuity (a restarted sender), not
+    silence: it is not filled.
+
+    Waiting for the next packet to fill a gap would hold stt's clock still for
+    up to 400 ms while the user is silent, and the end of their turn with it:
+    stt ends a turn on silence it has received. So with `filler` (a process's
+    `DtxFiller`), once the caller has said it is in DTX the silence is also
+    handed on in real time, `fill_live`, running FILL_LAG behind the caller's
+    clock (the longest packet seen + FILL_MARGIN_S: by then a packet of speech
+    would have arrived), in `chunk_frames` chunks for the first `dtx_fine_s`
+    of the gap (longer than any end-of-turn wait) and in `dtx_chunk_s` chunks
+    after that (the user listens while the agent talks; a message per 40 ms to
+    stt would be most of the edge's gRPC traffic for nothing). A packet of
+    speech that arrives after its time was already filled (jitter beyond the
+    margin) is handed on whole, never cut: the audio handed on then runs ahead
+    of the caller's clock by the overlap, and the next gap's silence is
+    shortened by as much."""
 
     MAX_GAP_S = 2.0
+    FILL_MARGIN_S = 0.02
     _CLOCK = 48000  # Opus' RTP clock rate (RFC 7587), whatever the audio's rate
+    _FRAME = 960  # 20 ms in RTP ticks
+    _MASK = 0xFFFFFFFF
 
     def __init__(self, output: asyncio.Queue, rate: int = STT_RATE, chunk_frames: int = 1,
-                 tap: Callable[[np.ndarray], None] | None = None) -> None:
+                 tap: Callable[[np.ndarray], None] | None = None, *, filler: DtxFiller | None = None,
+                 dtx_fine_s: float = 2.5, dtx_chunk_s: float = 0.4,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self._out = output
         self._rate = rate
         self._tb = fractions.Fraction(1, rate)
@@ -735,12 +757,23 @@ class InlineDecoder:
         self._pending: list[np.ndarray] = []
         self._pending_n = 0
         self.tap = tap
-        self._next_ts: int | None = None  # RTP timestamp where the decoded audio ends
+        self._next_ts: int | None = None  # RTP timestamp where the audio handed on ends
         self.dtx_filled = 0  # samples of silence put in DTX gaps
+        self.filler = filler
+        self._clock = clock
+        self._fine = int(dtx_fine_s * self._CLOCK)
+        self._coarse = max(self._FRAME, int(dtx_chunk_s * self._CLOCK) // self._FRAME * self._FRAME)
+        self._anchor: tuple[float, int] | None = None  # (arrival time, RTP ts where that packet ends)
+        self._packet_ticks = self._FRAME  # the longest packet of speech seen
+        self._gap_start: int | None = None  # RTP ts where the caller's current DTX gap began
+        self._ahead = 0  # RTP ticks handed on beyond the caller's clock
 
     def put(self, item) -> None:
         if item is None:
             self._flush()
+            self._gap_start = None
+            if self.filler is not None:
+                self.filler.discard(self)
             self._out.put_nowait(None)  # end of the track
             return
         codec, batch = item
@@ -760,14 +793,27 @@ class InlineDecoder:
                     if item is None:
                         pcm = self._opus.conceal()
                     else:
-                        self._fill_gap(item[0])
                         pcm = self._opus.decode(item[1])
-                        self._next_ts = item[0]
                 except opus.OpusError as exc:
                     log.debug("opus decode failed: %s", exc)
                     continue
+                ticks = pcm.size * self._CLOCK // self._rate
+                if item is not None:
+                    ts, dtx = item[0], len(item[1]) <= 2
+                    if self.filler is not None:
+                        self._anchor = (self._clock(), (ts + ticks) & self._MASK)
+                    if self._next_ts is not None and 0 < (self._next_ts - ts) & self._MASK < 1 << 31:
+                        # Its time was filled already (live fill): a keep-alive adds
+                        # nothing to that silence; speech is handed on whole.
+                        if dtx:
+                            continue
+                        self._ahead += (self._next_ts - ts) & self._MASK
+                    else:
+                        self._fill_gap(ts)
+                    self._next_ts = ts
+                    self._dtx_state(dtx, ts, ticks)
                 if self._next_ts is not None:
-                    self._next_ts = (self._next_ts + pcm.size * self._CLOCK // self._rate) & 0xFFFFFFFF
+                    self._next_ts = (self._next_ts + ticks) & self._MASK
                 self._hand_on(pcm)
             elif item is not None:
                 from aiortc.jitterbuffer import JitterFrame
@@ -780,15 +826,58 @@ class InlineDecoder:
                 for frame in frames:
                     self._out.put_nowait(frame)
 
+    def _dtx_state(self, dtx: bool, ts: int, ticks: int) -> None:
+        if not dtx:
+            self._packet_ticks = max(self._packet_ticks, ticks)
+            self._gap_start = None
+        elif self._gap_start is None:
+            self._gap_start = ts
+            if self.filler is not None:
+                self.filler.add(self)
+
+    def fill_live(self) -> bool:
+        """Hand on the silence of the current DTX gap up to FILL_LAG behind the
+        caller's clock (see the class doc); False when the caller is not in a
+        DTX gap (any more), so the filler can forget this decoder."""
+        if self._gap_start is None or self._anchor is None or self._next_ts is None:
+            return False
+        arrived, end = self._anchor
+        elapsed = self._clock() - arrived
+        if elapsed > self.MAX_GAP_S:
+            # No keep-alive for this long: the sender stopped (or the path
+            # broke), which is not silence; a later packet decides (_fill_gap).
+            self._gap_start = None
+            return False
+        lag = self._packet_ticks + int(self.FILL_MARGIN_S * self._CLOCK)
+        due = (end + round(elapsed * self._CLOCK) - lag - self._next_ts) & self._MASK
+        if due >= 1 << 31:
+            return True  # nothing due yet (the last packet ends later)
+        due -= due % self._FRAME
+        coarse = (self._next_ts - self._gap_start) & self._MASK >= self._fine
+        if due < (self._coarse if coarse else self._FRAME):
+            return True
+        self._silence(due)
+        self._next_ts = (self._next_ts + due) & self._MASK
+        if coarse:
+            self._flush()
+        return True
 
     def _fill_gap(self, ts: int) -> None:
         if self._next_ts is None:
             return
-        gap = (ts - self._next_ts) & 0xFFFFFFFF  # RTP timestamps wrap at 2^32
+        gap = (ts - self._next_ts) & self._MASK  # RTP timestamps wrap at 2^32
         if 0 < gap <= self.MAX_GAP_S * self._CLOCK:
-            silence = np.zeros(gap * self._rate // self._CLOCK, np.int16)
-            self.dtx_filled += silence.size
-            self._hand_on(silence)
+            self._silence(gap)
+
+    def _silence(self, ticks: int) -> None:
+        """Hand on `ticks` of the caller's silence, less what was handed on ahead."""
+        paid = min(self._ahead, ticks)
+        self._ahead -= paid
+        n = (ticks - paid) * self._rate // self._CLOCK
+        if n > 0:
+            self.dtx_filled += n
+            _dtx_metric().inc(n / self._rate)
+            self._hand_on(np.zeros(n, np.int16))
 
     def _hand_on(self, pcm: np.ndarray) -> None:
         if self.tap is not None:
@@ -805,6 +894,56 @@ class InlineDecoder:
         self._pending, self._pending_n = [], 0
         self._out.put_nowait(PcmFrame(pcm, self._pts, self._rate, self._tb))
         self._pts += pcm.size
+
+
+@functools.cache
+def _dtx_metric():
+    return metric("voxmesh_inbound_dtx_seconds_total")
+
+
+class DtxFiller:
+    """Runs `InlineDecoder.fill_live` every 20 ms for the receivers of one event
+    loop whose caller is in a DTX gap: one timer for the whole process, and
+    none while no caller is silent."""
+
+    _by_loop: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._decoders: set[InlineDecoder] = set()
+        self._timer: asyncio.TimerHandle | None = None
+
+    @classmethod
+    def of(cls, loop: asyncio.AbstractEventLoop | None = None) -> DtxFiller:
+        loop = loop or asyncio.get_running_loop()
+        filler = cls._by_loop.get(loop)
+        if filler is None:
+            filler = cls._by_loop[loop] = cls(loop)
+        return filler
+
+    def __len__(self) -> int:
+        return len(self._decoders)
+
+    def add(self, decoder: InlineDecoder) -> None:
+        self._decoders.add(decoder)
+        if self._timer is None:
+            self._timer = self._loop.call_later(FRAME_S, self.sweep)
+
+    def discard(self, decoder: InlineDecoder) -> None:
+        self._decoders.discard(decoder)
+
+    def sweep(self) -> None:
+        self._timer = None
+        for decoder in list(self._decoders):
+            try:
+                keep = decoder.fill_live()
+            except Exception:  # one broken stream must not stop the others' silence
+                log.exception("DTX fill failed")
+                keep = False
+            if not keep:
+                self._decoders.discard(decoder)
+        if self._decoders:
+            self._timer = self._loop.call_later(FRAME_S, self.sweep)
 
 
 class _Layout:
@@ -859,6 +998,9 @@ class FastReceiver(RTCRtpReceiver):
     reorder_frames = 2
     chunk_frames = 1
     tap: Callable[[np.ndarray], None] | None = None
+    # (dtx_fine_s, dtx_chunk_s) when the answer asked for DTX: hand a silent
+    # caller's gaps on in real time (InlineDecoder.fill_live); None: at the next packet
+    live_dtx: tuple[float, float] | None = None
 
     async def receive(self, parameters) -> None:
         if getattr(self, _P + "started") or getattr(self, _P + "kind") != "audio":
@@ -871,7 +1013,11 @@ class FastReceiver(RTCRtpReceiver):
             if encoding.rtx:
                 rtx[encoding.rtx.ssrc] = encoding.ssrc
         setattr(self, _P + "jitter_buffer", ReorderBuffer(self.reorder_frames))
-        setattr(self, _P + "decoder_queue", InlineDecoder(self._track._queue, chunk_frames=self.chunk_frames, tap=self.tap))
+        live = self.live_dtx
+        setattr(self, _P + "decoder_queue", InlineDecoder(
+            self._track._queue, chunk_frames=self.chunk_frames, tap=self.tap,
+            filler=DtxFiller.of() if live else None,
+            **({"dtx_fine_s": live[0], "dtx_chunk_s": live[1]} if live else {})))
         setattr(self, _P + "decoder_thread", _NoThread())
         getattr(self, _P + "transport")._register_rtp_receiver(self, parameters)
         setattr(self, _P + "rtcp_task", asyncio.ensure_future(self._run_rtcp()))
@@ -887,10 +1033,13 @@ _warned = False
 
 
 def accelerate(transceiver, track: PacedOpusTrack, reorder_frames: int = 2, chunk_ms: int = 20,
-               tap: Callable[[np.ndarray], None] | None = None) -> dict[str, bool]:
+               tap: Callable[[np.ndarray], None] | None = None,
+               live_dtx: tuple[float, float] | None = None) -> dict[str, bool]:
     """Put one session's audio transceiver on the fast path, after the remote
-    offer is applied and before the transport starts. Returns what it did
-    ("receiver": inbound audio is decoded here, and `tap` sees every packet;
+    offer is applied and before the transport starts. `live_dtx`: (fine, chunk)
+    seconds when the answer will ask the caller for DTX (see InlineDecoder).
+    Returns what it did ("receiver": inbound audio is decoded here, and `tap`
+    sees every packet;
     "encoder": agent audio is encoded here; "sender": FastSender sends it)."""
     global _warned
     did = {"receiver": False, "encoder": False, "sender": False}
@@ -900,6 +1049,7 @@ def accelerate(transceiver, track: PacedOpusTrack, reorder_frames: int = 2, chun
         receiver.reorder_frames = reorder_frames
         receiver.chunk_frames = max(1, chunk_ms // 20)
         receiver.tap = tap
+        receiver.live_dtx = live_dtx
         did["receiver"] = True
     elif not _warned:
         _warned = True

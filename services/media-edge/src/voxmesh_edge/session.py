@@ -187,8 +187,11 @@ class EdgeSession:
         audio[0].sender.replaceTrack(self.track)
         did = {"receiver": False}
         if self.settings.fast_media:
-            did = accelerate(audio[0], self.track, self.settings.reorder_frames, self.settings.inbound_chunk_ms,
-                             tap=self._listen_for_bargein if self.onset is not None else None)
+            st = self.settings
+            did = accelerate(audio[0], self.track, st.reorder_frames, st.inbound_chunk_ms,
+                             tap=self._listen_for_bargein if self.onset is not None else None,
+                             live_dtx=(st.inbound_dtx_fine_ms / 1000, st.inbound_dtx_chunk_ms / 1000)
+                             if st.inbound_dtx else None)
             # The fast receiver hands every packet to the detector as it is
             # decoded, before the 40 ms chunking.
             self._onset_in_read = not did["receiver"]

@@ -124,6 +124,13 @@ class EdgeSettings:
     # path only): no packets while its user is silent but one per ~400 ms
     # (browsers); the receiver fills the timestamp gaps with silence for stt.
     inbound_dtx: bool = True
+    # A silent caller's DTX gap goes to stt as silence in real time (a turn ends
+    # on silence stt has received), ~40-60 ms behind the caller's clock, in
+    # inbound_chunk_ms chunks for the first inbound_dtx_fine_ms of the gap (more
+    # than stt's longest end-of-turn wait, max_silence_ms 2000) and in
+    # inbound_dtx_chunk_ms chunks after that, when only stt's clock needs it.
+    inbound_dtx_fine_ms: int = 2500
+    inbound_dtx_chunk_ms: int = 400
     # Agent audio per packet we send: 20, or 40 to halve the outbound packet
     # rate for 20 ms more delay on every reply.
     playout_ptime_ms: int = 20
