@@ -9,16 +9,31 @@ packet duration the edge's answer asks for (a=ptime: 20 or 40 ms; aiortc's own
 sender always sends 20 ms). The received audio is decoded and kept as frame
 arrival times and counts (the recording), not written out.
 
-Run by edge_capacity_bench.py: python clients.py URL N STAGGER_S DURATION_S LOOP.npy OUT.json
+Turn-taking callers (OPTIONS {"talk_s": T, "silent_s": S, ...}, the bench's
+--turn-taking): each caller alternates T s of the speech loop with S s of
+silence, from a random point of that cycle. In the silence it sends what a
+browser sends: with `usedtx=1` in the answer's Opus fmtp (the edge asks for it),
+Opus DTX as Chrome/libwebrtc sends it, i.e. one TOC-only packet (1 byte) when the
+silence starts, then one every 400 ms and nothing in between, the RTP timestamps
+running on (aiortc's sender takes the RTP timestamp from the av.Packet's pts,
+and the sequence numbers stay contiguous); without it, an Opus packet of
+silence every packet period. The loop's position runs on through the silence
+(its markers in a silent stretch are not sent). See TalkSchedule.
+
+Run by edge_capacity_bench.py:
+    python clients.py URL N STAGGER_S DURATION_S LOOP.npy OUT.json [OPTIONS_JSON]
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import fractions
 import json
+import random
 import sys
 import time
+from dataclasses import dataclass
 
 import aiohttp
 import av
@@ -29,6 +44,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 RATE = 48000
 FRAME = 960
 TB = fractions.Fraction(1, RATE)
+DTX_EVERY = 20  # frames: WebRTC sends a DTX packet every 400 ms in a silence
 
 
 def encode_loop(pcm: np.ndarray, frames_per_packet: int = 1) -> list[bytes]:
@@ -46,42 +62,114 @@ def encode_loop(pcm: np.ndarray, frames_per_packet: int = 1) -> list[bytes]:
     return out[-(pcm.size // size):]
 
 
+def encode_silence(frames_per_packet: int) -> tuple[bytes, bytes]:
+    """(a steady-state Opus packet of digital silence, its DTX packet) for the
+    encoder settings of encode_loop; the DTX packet is the silence packet's TOC
+    byte alone (voxmesh_edge.media.dtx_packet, as the edge's own sender makes it)."""
+    from voxmesh_edge import opus
+    from voxmesh_edge.media import dtx_packet
+
+    enc = opus.Encoder(RATE, 32000, complexity=9, application="voip")
+    size = FRAME * frames_per_packet
+    zeros = np.zeros(size, np.int16)
+    silence = b""
+    for _ in range(10):  # past the encoder's decay into silence
+        silence = enc.encode(zeros)
+    dtx = dtx_packet(silence)
+    if dtx is None:
+        raise RuntimeError(f"no DTX packet for TOC {silence[0]:#x}")
+    return silence, dtx
+
+
+@dataclass(frozen=True)
+class TalkSchedule:
+    """When a turn-taking caller sends what, in 20 ms frames of its own clock
+    (frame n is complete at t0 + n x 20 ms): `talk` frames of speech, then
+    `silent` frames of silence, repeated, starting `offset` frames into that
+    cycle. All three even, so that 40 ms packets never straddle a boundary.
+
+    In a silence, with `dtx`: one DTX packet at its first frame, then one every
+    `dtx_every` frames (400 ms), nothing in between (what libwebrtc's Opus
+    encoder sends with usedtx=1); without: a silence packet every period."""
+
+    talk: int
+    silent: int
+    offset: int = 0
+    dtx: bool = True
+    dtx_every: int = DTX_EVERY
+
+    def __post_init__(self) -> None:
+        if self.talk <= 0 or self.silent <= 0 or (self.talk | self.silent | self.offset | self.dtx_every) & 1:
+            raise ValueError("talk and silent must be > 0; talk, silent, offset and dtx_every even")
+
+    def next_packet(self, n: int) -> tuple[int, str]:
+        """The first packet whose first frame is at or after frame `n` (n even
+        for 40 ms packets): (its first frame, "speech" | "dtx" | "silence")."""
+        cycle = self.talk + self.silent
+        pos = (self.offset + n) % cycle
+        if pos < self.talk:
+            return n, "speech"
+        if not self.dtx:
+            return n, "silence"
+        start = n - (pos - self.talk)  # the silence's first frame
+        m = start + -(-(n - start) // self.dtx_every) * self.dtx_every
+        if m < start + self.silent:
+            return m, "dtx"
+        return start + self.silent, "speech"
+
+
 class LoopMic(MediaStreamTrack):
     """Pre-encoded packets of the loop, paced in real time. Frame n (20 ms) is
     complete at t0 + n x 20 ms; a packet leaves when its last frame is complete
-    (so 40 ms packets add 20 ms to their first frame, as in a browser)."""
+    (so 40 ms packets add 20 ms to their first frame, as in a browser).
+    With a `schedule`, frames in its silences go out as DTX (`dtx` set from
+    the answer) or silence packets (`silence`: per packet size, (silence, DTX))."""
 
     kind = "audio"
 
-    def __init__(self, packets: dict[int, list[bytes]], marker_every: int, phase: int) -> None:
+    def __init__(self, packets: dict[int, list[bytes]], marker_every: int, phase: int,
+                 schedule: TalkSchedule | None = None, silence: dict[int, tuple[bytes, bytes]] | None = None) -> None:
         super().__init__()
         self.packets = packets
         self.per = 1
         self.marker_every = marker_every
         self.phase = phase  # in frames, even
+        self.schedule = schedule
+        self.silence = silence or {}
         self.t0: float | None = None
-        self.n = 0  # frames sent
-        self.marker_times: list[float] = []
+        self.n = 0  # frames of the caller's clock gone by (the next packet's pts / 960)
+        self.marker_times: list[tuple[int, float]] = []  # (frame n of the marker, when its packet left)
+        self.sent = {"speech": 0, "dtx": 0, "silence": 0}  # packets
+        self.clock, self.sleep = time.monotonic, asyncio.sleep  # a test's fake clock goes here
 
     async def recv(self):
         if self.readyState != "live":
             raise MediaStreamError
         if self.t0 is None:
-            self.t0 = time.monotonic()
+            self.t0 = self.clock()
         per = self.per
-        wait = self.t0 + (self.n + per - 1) * 0.02 - time.monotonic()
+        kind = "speech"
+        if self.schedule is not None:
+            # Skipping frames (a DTX gap) skips pts: the RTP timestamps run on.
+            self.n, kind = self.schedule.next_packet(self.n)
+        wait = self.t0 + (self.n + per - 1) * 0.02 - self.clock()
         if wait > 0:
-            await asyncio.sleep(wait)
+            await self.sleep(wait)
         frames = len(self.packets[1])
-        k = (self.phase + self.n) % frames
-        sent = time.monotonic()
-        for j in range(per):
-            if (k + j) % self.marker_every == 0:
-                # When the packet with the marker leaves: the receive path is
-                # measured from here (a late caller process must not count against
-                # the edge). A 40 ms packet's first frame has already waited 20 ms.
-                self.marker_times.append(sent)
-        p = av.Packet(self.packets[per][k // per])
+        k = (self.phase + self.n) % frames  # the loop runs on through silences
+        sent = self.clock()
+        if kind == "speech":
+            for j in range(per):
+                if (k + j) % self.marker_every == 0:
+                    # When the packet with the marker leaves: the receive path is
+                    # measured from here (a late caller process must not count against
+                    # the edge). A 40 ms packet's first frame has already waited 20 ms.
+                    self.marker_times.append((self.n + j, sent))
+            payload = self.packets[per][k // per]
+        else:
+            payload = self.silence[per][1 if kind == "dtx" else 0]
+        self.sent[kind] += 1
+        p = av.Packet(payload)
         p.pts = self.n * FRAME
         p.time_base = TB
         self.n += per
@@ -89,9 +177,10 @@ class LoopMic(MediaStreamTrack):
 
 
 class Caller:
-    def __init__(self, packets: dict[int, list[bytes]], marker_every: int, phase: int) -> None:
+    def __init__(self, packets: dict[int, list[bytes]], marker_every: int, phase: int,
+                 schedule: TalkSchedule | None = None, silence: dict[int, tuple[bytes, bytes]] | None = None) -> None:
         self.pc = RTCPeerConnection()
-        self.mic = LoopMic(packets, marker_every, phase)
+        self.mic = LoopMic(packets, marker_every, phase, schedule, silence)
         self.pc.addTrack(self.mic)
         self.pc.createDataChannel("events")
         self.arrivals: list[float] = []
@@ -126,24 +215,42 @@ class Caller:
             self.sid = r.headers["X-Voxmesh-Session"]
         # Follow the answer's a=ptime as a browser's Opus encoder does.
         self.mic.per = 2 if "a=ptime:40" in body or "a=ptime:60" in body else 1
+        if self.mic.schedule is not None:
+            # Opus DTX only when the answer asks for it (usedtx=1), as a browser does.
+            dtx = any(ln.startswith("a=fmtp:") and "usedtx=1" in ln for ln in body.splitlines())
+            self.mic.schedule = dataclasses.replace(self.mic.schedule, dtx=dtx)
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=body, type="answer"))
 
     async def stats(self) -> dict:
-        lost = received = 0
+        lost = received = on_wire = 0
         report = await self.pc.getStats()
         for s in report.values():
             if s.type == "inbound-rtp":
                 lost += max(0, s.packetsLost)
                 received += s.packetsReceived
-        return {"packets_lost": lost, "packets_received": received}
+            elif s.type == "outbound-rtp":
+                on_wire += s.packetsSent  # the RTP sender's count: what left, DTX gaps included
+        return {"packets_lost": lost, "packets_received": received, "rtp_packets_sent": on_wire}
 
 
-async def main(url: str, n: int, stagger: float, duration: float, loop_path: str, out: str) -> None:
+def schedules(n: int, talk_s: float, silent_s: float, seed: int) -> list[TalkSchedule | None]:
+    """One turn-taking schedule per caller, each from a random point of its
+    cycle (so that sessions are not in lockstep); None each for talk_s <= 0."""
+    if talk_s <= 0 or silent_s <= 0:
+        return [None] * n
+    talk, silent = 2 * max(1, round(talk_s * 25)), 2 * max(1, round(silent_s * 25))  # even frames
+    rng = random.Random(seed)
+    return [TalkSchedule(talk, silent, 2 * rng.randrange((talk + silent) // 2)) for _ in range(n)]
+
+
+async def main(url: str, n: int, stagger: float, duration: float, loop_path: str, out: str, options: dict) -> None:
     pcm = np.load(loop_path)
     meta = json.loads(open(loop_path + ".json").read())
     packets = {1: encode_loop(pcm, 1), 2: encode_loop(pcm, 2)}
+    silence = {1: encode_silence(1), 2: encode_silence(2)}
     marker_every = meta["marker_every_frames"]
-    callers = [Caller(packets, marker_every, (i * 38) % len(packets[1])) for i in range(n)]
+    plans = schedules(n, options.get("talk_s", 0.0), options.get("silent_s", 0.0), options.get("seed", 0))
+    callers = [Caller(packets, marker_every, (i * 38) % len(packets[1]), plans[i], silence) for i in range(n)]
     async with aiohttp.ClientSession() as http:
         for c in callers:
             await c.start(http, url)
@@ -156,6 +263,7 @@ async def main(url: str, n: int, stagger: float, duration: float, loop_path: str
             st = await c.stats()
             results.append({
                 "session_id": c.sid, "marker_times": c.mic.marker_times, "frames_sent": c.mic.n,
+                "packets_sent": c.mic.sent, "dtx": bool(c.mic.schedule and c.mic.schedule.dtx),
                 "arrivals": c.arrivals, "samples": c.samples, "audible_frames": c.audible, **st,
                 "state": c.pc.connectionState,
             })
@@ -175,4 +283,5 @@ async def main(url: str, n: int, stagger: float, duration: float, loop_path: str
 
 if __name__ == "__main__":
     url, n, stagger, duration, loop_path, out = sys.argv[1:7]
-    asyncio.run(main(url, int(n), float(stagger), float(duration), loop_path, out))
+    options = json.loads(sys.argv[7]) if len(sys.argv) > 7 else {}
+    asyncio.run(main(url, int(n), float(stagger), float(duration), loop_path, out, options))

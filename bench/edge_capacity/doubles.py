@@ -7,7 +7,9 @@ Converse stream, tts stream, playout, encode); only the model work is absent.
 - SttDouble: takes the audio, answers nothing (no speech events, so no barge-in
   pauses the agent), and finds the benchmark's marker bursts in the 16 kHz PCM
   it receives: their arrival times give the receive-path delay, and the sample
-  distance between consecutive markers reveals any lost inbound audio.
+  distance between consecutive markers reveals any lost inbound audio. It also
+  counts the samples, the messages, and the digital silence (all-zero 10 ms
+  windows: the edge's fill of a DTX stream's timestamp gaps).
 - OrchestratorDouble: sends the session config, then every `cycle_s` one agent
   reply (one clause + end of reply): the agent speaks about half the time.
 - TtsDouble: answers each clause at once with `reply_s` of speech at 22.05 kHz
@@ -35,6 +37,8 @@ MARKER_DBFS = -9.0  # a 20 ms window this loud is a marker (the speech is far qu
 @dataclass
 class SttStream:
     samples: int = 0
+    zero_samples: int = 0  # in all-zero 10 ms windows
+    messages: int = 0  # audio messages received
     markers: list[tuple[float, int]] = field(default_factory=list)  # (arrival monotonic, sample offset)
     _in_marker: bool = False
 
@@ -55,12 +59,19 @@ class SttDouble(stt_pb2_grpc.SttServicer):
             now = time.monotonic()
             pcm = np.frombuffer(req.audio, dtype="<i2")
             st = self.streams[sid]
+            st.messages += 1
             # 10 ms windows: a marker is 20 ms long, so at least one window is inside it.
-            for i in range(0, pcm.size - 159, 160):
-                loud = float(np.mean(pcm[i : i + 160].astype(np.float32) ** 2)) > self._threshold
-                if loud and not st._in_marker:
-                    st.markers.append((now, st.samples + i))
-                st._in_marker = loud
+            w = pcm[: pcm.size - pcm.size % 160].reshape(-1, 160)
+            if w.size:
+                loud = np.mean(w.astype(np.float32) ** 2, axis=1) > self._threshold
+                onset = loud & ~np.concatenate(([st._in_marker], loud[:-1]))
+                for i in np.flatnonzero(onset):
+                    st.markers.append((now, st.samples + int(i) * 160))
+                st._in_marker = bool(loud[-1])
+                # All-zero windows: digital silence. With DTX callers mostly the
+                # edge's fill of the RTP timestamp gaps (and the decoded DTX packets);
+                # with continuous callers, the loop's own silences, decoded.
+                st.zero_samples += 160 * int(np.count_nonzero(~w.any(axis=1)))
             st.samples += pcm.size
         return
         yield  # an async generator that never answers

@@ -25,6 +25,16 @@ window. Printed per N:
 - drops: inbound audio lost before stt (from the sample distance between
   markers), outbound packets lost at the callers, late playout ticks; as a share
   of all frames both ways.
+
+Callers talk all the time by default. With --turn-taking, each alternates
+--caller-talk-s of speech with --caller-silent-s of silence (defaults 3 s and
+3 s, from a random point of the cycle per caller) and sends the silence as a
+browser does when the answer asks for Opus DTX (usedtx=1, the edge's default):
+one TOC-only packet when it starts, one every 400 ms, RTP timestamps running on
+(clients.TalkSchedule). Printed for that: the callers' packets per
+session-second (speech / DTX / silence), and what stt received per
+session-second of the window: audio (s; 1.0 when the edge fills the DTX gaps
+with silence in time), its digital-silence share and messages.
 Figures only; nothing is asserted.
 """
 
@@ -266,6 +276,12 @@ def pct(values: list[float], q: float) -> float | None:
     return float(np.percentile(values, q)) if values else None
 
 
+def stt_totals(stt) -> tuple[int, int, int]:
+    """(samples, all-zero samples, messages) the stt double has received, all sessions."""
+    streams = list(stt.streams.values())
+    return (sum(s.samples for s in streams), sum(s.zero_samples for s in streams), sum(s.messages for s in streams))
+
+
 async def run_one(n: int, args, redis_url: str, doubles_port: int, stt, loop_path: pathlib.Path, workdir: pathlib.Path) -> dict:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -290,8 +306,12 @@ async def run_one(n: int, args, redis_url: str, doubles_port: int, stt, loop_pat
         run_s = args.warmup + args.seconds + 1
         for i, k in enumerate(per):
             out = workdir / f"clients-{n}-{i}.json"
+            options = {"seed": 1000 * n + i}
+            if args.turn_taking:
+                options.update(talk_s=args.caller_talk_s, silent_s=args.caller_silent_s)
             clients.append((subprocess.Popen(
-                [sys.executable, str(HERE / "clients.py"), url, str(k), str(args.stagger), str(run_s), str(loop_path), str(out)],
+                [sys.executable, str(HERE / "clients.py"), url, str(k), str(args.stagger), str(run_s), str(loop_path), str(out),
+                 json.dumps(options)],
                 stdout=subprocess.PIPE, stderr=open(workdir / f"clients-{n}-{i}.log", "wb"),
                 # The callers are load, not the system under test: on a box where
                 # they share the edge's cores, they yield to it (the edge of a real
@@ -304,6 +324,7 @@ async def run_one(n: int, args, redis_url: str, doubles_port: int, stt, loop_pat
                 raise RuntimeError(f"clients failed: see {workdir}")
         await asyncio.sleep(args.warmup)
         m0, c0, t0, th0, rd0 = await scrape(url), cpu_seconds(edge.pid), time.monotonic(), thread_cpu(edge.pid), run_delay(edge.pid)
+        s0 = stt_totals(stt)
         spy = None
         if args.profile:
             # Where the edge's CPU goes (py-spy, sampling; it costs the edge nothing
@@ -314,6 +335,7 @@ async def run_one(n: int, args, redis_url: str, doubles_port: int, stt, loop_pat
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         await asyncio.sleep(args.seconds)
         m1, c1, t1, th1, rd1 = await scrape(url), cpu_seconds(edge.pid), time.monotonic(), thread_cpu(edge.pid), run_delay(edge.pid)
+        s1 = stt_totals(stt)
         if spy is not None:
             await asyncio.to_thread(spy.wait, 60)
         for p, _ in clients:
@@ -325,6 +347,8 @@ async def run_one(n: int, args, redis_url: str, doubles_port: int, stt, loop_pat
                 p.kill()
         stop_process(edge)
     row = analyse(n, results, stt, m0, m1, c1 - c0, t0, t1)
+    row["callers"] = f"turns {args.caller_talk_s:g}/{args.caller_silent_s:g} s" if args.turn_taking else "continuous"
+    row.update(inbound_figures(n, results, m0, m1, s0, s1, t1 - t0))
     row["edge_threads_user+sys"] = cpu_split(th0, th1, t1 - t0)
     row["edge_waiting_for_cpu_pct"] = round(100 * (rd1 - rd0) / (t1 - t0), 1)
     prof = workdir / f"profile-{n}.txt"
@@ -338,23 +362,25 @@ def analyse(n, results, stt, m0, m1, cpu, t0, t1) -> dict:
     delays, lost_in, frames_in, lost_out, frames_out, gaps = [], 0, 0, 0, 0, 0
     for r in results:
         st = stt.streams.get(r["session_id"])
-        sent = r["marker_times"]
+        sent = dict((int(f), ts) for f, ts in r["marker_times"])  # caller frame of a marker -> its packet left
         if st is not None and st.markers and sent:
             base_off = st.markers[0][1]
             # The first marker the edge delivered is the first one the caller sent
-            # after its connection came up; align the rest by sample offset.
-            first_sent = next((i for i, ts in enumerate(sent) if ts > st.markers[0][0] - 1.0), 0)
+            # after its connection came up; the rest are placed on the caller's
+            # clock by their sample offset in the audio stt received (which runs
+            # with the caller's clock, DTX gaps filled), on the markers' grid.
+            first = next((f for f, ts in sorted(sent.items()) if ts > st.markers[0][0] - 1.0), min(sent))
             prev = None
             for arrival, off in st.markers:
-                k = first_sent + round((off - base_off) / (MARKER_EVERY * FRAME // 3))
-                if t0 <= arrival <= t1 and k < len(sent):
-                    delays.append(arrival - sent[k])
+                f = first + MARKER_EVERY * round((off - base_off) / (MARKER_EVERY * STT_RATE // 50))
+                if t0 <= arrival <= t1 and f in sent:
+                    delays.append(arrival - sent[f])
                     if prev is not None:
-                        expect = (k - prev[0]) * MARKER_EVERY * FRAME // 3
+                        expect = (f - prev[0]) * STT_RATE // 50
                         lost_in += max(0, round((expect - (off - prev[1])) / (STT_RATE // 50)))
-                        frames_in += (k - prev[0]) * MARKER_EVERY
+                        frames_in += f - prev[0]
                 if t0 <= arrival <= t1:
-                    prev = (k, off)
+                    prev = (f, off)
         arr = [a for a in r["arrivals"] if t0 <= a <= t1]
         frames_out += round(wall * 50)
         gaps += sum(1 for a, b in zip(arr, arr[1:]) if b - a > 0.06)
@@ -378,6 +404,25 @@ def analyse(n, results, stt, m0, m1, cpu, t0, t1) -> dict:
     }
 
 
+def inbound_figures(n: int, results: list[dict], m0: dict, m1: dict, s0: tuple, s1: tuple, wall: float) -> dict:
+    """What the callers sent (packets per session-second over their whole run,
+    by kind) and what stt got in the window (per session-second): shows whether
+    the callers sent DTX and the edge filled its gaps in time."""
+    caller_s = sum(r["frames_sent"] for r in results) * 0.02 or 1.0
+    kinds = {k: sum(r.get("packets_sent", {}).get(k, 0) for r in results) for k in ("speech", "dtx", "silence")}
+    lost = sum(v - m0.get(k, 0) for k, v in m1.items() if k.startswith("voxmesh_inbound_frames_lost_total"))
+    samples, zeros, messages = (b - a for a, b in zip(s0, s1))
+    return {
+        "dtx_callers": sum(1 for r in results if r.get("dtx")),
+        "caller_packets_per_s": {k: round(v / caller_s, 2) for k, v in kinds.items()},
+        "caller_rtp_packets_per_s": round(sum(r.get("rtp_packets_sent", 0) for r in results) / caller_s, 2),
+        "stt_audio_s_per_s": round(samples / STT_RATE / wall / n, 3),
+        "stt_zero_pct": round(100 * zeros / max(1, samples), 1),
+        "stt_messages_per_s": round(messages / wall / n, 2),
+        "edge_inbound_lost": int(lost),
+    }
+
+
 def _ms(v):
     return None if v is None else round(v * 1000, 1)
 
@@ -393,6 +438,14 @@ async def main() -> None:
     ap.add_argument("--edge-nice", type=int, default=-5, help="niceness of the edge (negative needs root; 0 if not root)")
     ap.add_argument("--reply-s", type=float, default=3.0, help="agent speech per reply")
     ap.add_argument("--cycle-s", type=float, default=6.0, help="one reply every cycle")
+    ap.add_argument("--turn-taking", action="store_true",
+                    help="callers alternate --caller-talk-s of speech with --caller-silent-s of silence, sent as Opus DTX "
+                         "when the answer asks for it (default: callers talk all the time)")
+    ap.add_argument("--caller-talk-s", type=float, default=3.0,
+                    help="with --turn-taking: seconds of speech per turn (default 3: a user's turn to an agent)")
+    ap.add_argument("--caller-silent-s", type=float, default=3.0,
+                    help="with --turn-taking: seconds of silence between turns (default 3: the agent's reply, "
+                         "--reply-s, with the callers' speech half the time; not aligned with the agent's replies)")
     ap.add_argument("--edge-env", action="append", default=[], help="extra VOXMESH_EDGE_X=value for the edge")
     ap.add_argument("--edge-cpus", help="pin the edge (and its workers) to these CPUs, e.g. 0; default: not pinned")
     ap.add_argument("--client-cpus", help="pin the caller processes to these CPUs, e.g. 2-15; default: not pinned")
@@ -415,8 +468,10 @@ async def main() -> None:
                 print(json.dumps(row), flush=True)
         finally:
             await server.stop(1)
-    cols = ["sessions", "edge_cpu_cores", "sessions_per_core", "lateness_p50_ms", "lateness_p99_ms", "late_ticks",
-            "recv_delay_p50_ms", "recv_delay_p99_ms", "inbound_frames_lost", "outbound_packets_lost", "drop_pct", "connected"]
+    cols = ["sessions", "callers", "edge_cpu_cores", "edge_cpu_ms_per_session_s", "sessions_per_core", "lateness_p50_ms",
+            "lateness_p99_ms", "late_ticks", "recv_delay_p50_ms", "recv_delay_p99_ms", "inbound_frames_lost",
+            "outbound_packets_lost", "drop_pct", "caller_rtp_packets_per_s", "stt_audio_s_per_s", "stt_zero_pct",
+            "stt_messages_per_s", "connected"]
     print("\n| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
     for row in rows:
         print("| " + " | ".join(str(row[c]) for c in cols) + " |")
