@@ -856,7 +856,7 @@ class InlineDecoder:
         coarse = (self._next_ts - self._gap_start) & self._MASK >= self._fine
         if due < (self._coarse if coarse else self._FRAME):
             return True
-        self._silence(due)
+        self._silence(due, live=True)
         self._next_ts = (self._next_ts + due) & self._MASK
         if coarse:
             self._flush()
@@ -869,14 +869,15 @@ class InlineDecoder:
         if 0 < gap <= self.MAX_GAP_S * self._CLOCK:
             self._silence(gap)
 
-    def _silence(self, ticks: int) -> None:
-        """Hand on `ticks` of the caller's silence, less what was handed on ahead."""
+    def _silence(self, ticks: int, live: bool = False) -> None:
+        """Hand on `ticks` of the caller's silence, less what was handed on ahead
+        (`live`: by fill_live, ahead of the next packet)."""
         paid = min(self._ahead, ticks)
         self._ahead -= paid
         n = (ticks - paid) * self._rate // self._CLOCK
         if n > 0:
             self.dtx_filled += n
-            _dtx_metric().inc(n / self._rate)
+            _dtx_metric("live" if live else "at_packet").inc(n / self._rate)
             self._hand_on(np.zeros(n, np.int16))
 
     def _hand_on(self, pcm: np.ndarray) -> None:
@@ -897,8 +898,8 @@ class InlineDecoder:
 
 
 @functools.cache
-def _dtx_metric():
-    return metric("voxmesh_inbound_dtx_seconds_total")
+def _dtx_metric(fill: str):
+    return metric("voxmesh_inbound_dtx_seconds_total").labels(fill=fill)
 
 
 class DtxFiller:

@@ -41,7 +41,7 @@ CATALOG: dict[str, Spec] = {
     "voxmesh_playout_late_frames_total": Spec(Counter, "Playout ticks that ran later than one frame"),
     "voxmesh_edge_forwards_total": Spec(Counter, "Signaling requests forwarded to the session's owner edge, by outcome (ok, unreachable)", ("outcome",)),
     "voxmesh_inbound_frames_lost_total": Spec(Counter, "Caller audio packets the edge gave up on (lost: concealed after the reorder wait; late: arrived after that)", ("reason",)),
-    "voxmesh_inbound_dtx_seconds_total": Spec(Counter, "Caller silence the edge handed to stt for Opus DTX gaps (no packets while the user was silent)"),
+    "voxmesh_inbound_dtx_seconds_total": Spec(Counter, "Caller silence the edge handed to stt for Opus DTX gaps (no packets while the user was silent), by when: live (in real time, ahead of the next packet) or at_packet (when the next packet came)", ("fill",)),
     "voxmesh_frame_lateness_seconds": Spec(Histogram, "How late a playout tick ran", (), (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.04, 0.08, 0.16)),
     # stt
     "voxmesh_stt_active_streams": Spec(Gauge, "Transcribe streams open on this process"),
