@@ -386,6 +386,44 @@ async def test_the_process_filler_sweeps_only_decoders_in_a_dtx_gap():
     assert swept == [stub, stub] and len(filler) == 0 and filler._timer is None
 
 
+def test_speech_goes_in_longer_chunks_and_the_first_quiet_packet_hands_on_all_that_is_pending():
+    """Fewer gRPC messages while the caller talks, none of the delay where the
+    end of a turn is decided: the quiet packet after speech flushes at once."""
+    from types import SimpleNamespace
+
+    from voxmesh_edge.media import InlineDecoder, _Batch
+
+    q: asyncio.Queue = asyncio.Queue()
+    dec = InlineDecoder(q, chunk_frames=2, voiced_chunk_frames=6)
+    enc, codec = opus.Encoder(48000, 32000), SimpleNamespace(name="opus")
+    n = np.arange(960)
+    tone = (8000 * np.sin(2 * np.pi * 440 * n / 48000)).astype(np.int16)
+    hiss = (np.random.default_rng(1).standard_normal(960) * 10).astype(np.int16)  # ~-70 dBFS
+    ts = 0
+
+    def send(pcm, count):
+        nonlocal ts
+        sizes = []
+        for _ in range(count):
+            dec.put((codec, _Batch(ts, [(ts, enc.encode(pcm))])))
+            ts += 960
+            sizes += [f.samples for f in _drain(q)]
+        return sizes
+
+    assert send(hiss, 10) == [640] * 5  # quiet: 40 ms chunks
+    voiced = send(tone, 14)
+    assert voiced and set(voiced[1:]) == {1920}  # talking: 120 ms chunks (after the encoder's attack)
+    pending = dec._pending_n
+    quiet = send(np.zeros(960, np.int16), 8)
+    # the first quiet packet (or the next: the codec's decay) flushes all of it
+    assert quiet[0] in (pending + 320, pending + 640) and set(quiet[1:]) == {640}
+    # a steady loud noise stops counting as speech within the floor's memory:
+    # 40 ms chunks again
+    noise = (np.random.default_rng(2).standard_normal(960) * 600).astype(np.int16)  # ~-35 dBFS
+    sizes = send(noise, 100)
+    assert 1920 in sizes and sizes[-10:] == [640] * 10
+
+
 def test_40_ms_packets_and_chunks_decode_to_640_samples():
     from types import SimpleNamespace
 

@@ -38,9 +38,11 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import collections
 import fractions
 import functools
 import logging
+import math
 import struct
 import time
 import weakref
@@ -706,7 +708,11 @@ class InlineDecoder:
     Why chunks: every hand-on costs the session a task wake-up, its per-frame
     bookkeeping and one gRPC message to stt, whatever its length; 40 ms chunks
     halve that for 10 ms more delay on average (stt's VAD works on 32 ms
-    windows anyway).
+    windows anyway). While the caller is talking (a packet's energy well over
+    the tracked noise floor) chunks grow to `voiced_chunk_frames`: delay inside
+    speech only makes interims a little later, and the end of the turn does
+    not wait for it, since the first quiet packet hands on everything pending
+    at once, and the pause that ends a turn is quiet.
 
     `tap`, when set, sees every decoded packet's PCM at once, before chunking:
     the session's barge-in onset detector (voxmesh_edge.onset) runs there, so
@@ -742,8 +748,16 @@ class InlineDecoder:
     _FRAME = 960  # 20 ms in RTP ticks
     _MASK = 0xFFFFFFFF
 
+    # A packet is "voiced" above max(VOICED_DBFS, noise floor + VOICED_MARGIN_DB);
+    # the floor is the quietest of the last FLOOR_PACKETS packets (1-2 s): speech
+    # dips between words, a steady noise does not.
+    VOICED_DBFS = -50.0
+    VOICED_MARGIN_DB = 10.0
+    FLOOR_PACKETS = 50
+
     def __init__(self, output: asyncio.Queue, rate: int = STT_RATE, chunk_frames: int = 1,
-                 tap: Callable[[np.ndarray], None] | None = None, *, filler: DtxFiller | None = None,
+                 tap: Callable[[np.ndarray], None] | None = None, *, voiced_chunk_frames: int = 0,
+                 filler: DtxFiller | None = None,
                  dtx_fine_s: float = 2.5, dtx_chunk_s: float = 0.4,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._out = output
@@ -754,6 +768,8 @@ class InlineDecoder:
         self._fallback = None
         self._pts = 0
         self._chunk = max(1, chunk_frames) * rate // 50
+        self._voiced_chunk = max(self._chunk, voiced_chunk_frames * rate // 50)
+        self._levels: collections.deque[float] = collections.deque(maxlen=self.FLOOR_PACKETS)
         self._pending: list[np.ndarray] = []
         self._pending_n = 0
         self.tap = tap
@@ -814,7 +830,7 @@ class InlineDecoder:
                     self._dtx_state(dtx, ts, ticks)
                 if self._next_ts is not None:
                     self._next_ts = (self._next_ts + ticks) & self._MASK
-                self._hand_on(pcm)
+                self._hand_on(pcm, self._voiced(pcm) if self._voiced_chunk > self._chunk else False)
             elif item is not None:
                 from aiortc.jitterbuffer import JitterFrame
 
@@ -880,12 +896,20 @@ class InlineDecoder:
             _dtx_metric("live" if live else "at_packet").inc(n / self._rate)
             self._hand_on(np.zeros(n, np.int16))
 
-    def _hand_on(self, pcm: np.ndarray) -> None:
+    def _voiced(self, pcm: np.ndarray) -> bool:
+        if not pcm.size:
+            return False
+        x = pcm.astype(np.float32)
+        db = 10.0 * math.log10(float(np.dot(x, x)) / (pcm.size * 1073741824.0) + 1e-12)
+        self._levels.append(db)
+        return db > max(self.VOICED_DBFS, min(self._levels) + self.VOICED_MARGIN_DB)
+
+    def _hand_on(self, pcm: np.ndarray, voiced: bool = False) -> None:
         if self.tap is not None:
             self.tap(pcm)
         self._pending.append(pcm)
         self._pending_n += pcm.size
-        if self._pending_n >= self._chunk:
+        if self._pending_n >= (self._voiced_chunk if voiced else self._chunk):
             self._flush()
 
     def _flush(self) -> None:
@@ -998,6 +1022,7 @@ class FastReceiver(RTCRtpReceiver):
 
     reorder_frames = 2
     chunk_frames = 1
+    voiced_chunk_frames = 0
     tap: Callable[[np.ndarray], None] | None = None
     # (dtx_fine_s, dtx_chunk_s) when the answer asked for DTX: hand a silent
     # caller's gaps on in real time (InlineDecoder.fill_live); None: at the next packet
@@ -1017,6 +1042,7 @@ class FastReceiver(RTCRtpReceiver):
         live = self.live_dtx
         setattr(self, _P + "decoder_queue", InlineDecoder(
             self._track._queue, chunk_frames=self.chunk_frames, tap=self.tap,
+            voiced_chunk_frames=self.voiced_chunk_frames,
             filler=DtxFiller.of() if live else None,
             **({"dtx_fine_s": live[0], "dtx_chunk_s": live[1]} if live else {})))
         setattr(self, _P + "decoder_thread", _NoThread())
@@ -1035,7 +1061,7 @@ _warned = False
 
 def accelerate(transceiver, track: PacedOpusTrack, reorder_frames: int = 2, chunk_ms: int = 20,
                tap: Callable[[np.ndarray], None] | None = None,
-               live_dtx: tuple[float, float] | None = None) -> dict[str, bool]:
+               live_dtx: tuple[float, float] | None = None, voiced_chunk_ms: int = 0) -> dict[str, bool]:
     """Put one session's audio transceiver on the fast path, after the remote
     offer is applied and before the transport starts. `live_dtx`: (fine, chunk)
     seconds when the answer will ask the caller for DTX (see InlineDecoder).
@@ -1051,6 +1077,7 @@ def accelerate(transceiver, track: PacedOpusTrack, reorder_frames: int = 2, chun
         receiver.chunk_frames = max(1, chunk_ms // 20)
         receiver.tap = tap
         receiver.live_dtx = live_dtx
+        receiver.voiced_chunk_frames = voiced_chunk_ms // 20
         did["receiver"] = True
     elif not _warned:
         _warned = True

@@ -116,6 +116,12 @@ class EdgeSettings:
     # whatever its length, so 40 ms halves that cost for 10 ms more delay on
     # average. 20 = every frame at once.
     inbound_chunk_ms: int = 40
+    # While the caller is talking (a packet's energy over the noise floor) the
+    # chunks grow to this: a gRPC message per 40 ms of speech is a large share of
+    # the edge's CPU, and the extra delay only makes interims later (the first
+    # quiet packet hands on all that is pending, so the end of a turn is not
+    # delayed). inbound_chunk_ms (or less) = off.
+    inbound_voiced_chunk_ms: int = 40
     # Asked of the caller in our answer (a=ptime): audio per packet it sends.
     # Browsers follow it; 40 ms halves the inbound packet rate (and its cost) for
     # no delay beyond inbound_chunk_ms. 0 = don't ask (callers send 20 ms).
