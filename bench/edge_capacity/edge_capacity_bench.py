@@ -412,7 +412,13 @@ def inbound_figures(n: int, results: list[dict], m0: dict, m1: dict, s0: tuple, 
     kinds = {k: sum(r.get("packets_sent", {}).get(k, 0) for r in results) for k in ("speech", "dtx", "silence")}
     lost = sum(v - m0.get(k, 0) for k, v in m1.items() if k.startswith("voxmesh_inbound_frames_lost_total"))
     samples, zeros, messages = (b - a for a, b in zip(s0, s1))
+    # The edge's own count of the silence it put in DTX gaps, by its `fill` label
+    # (where the edge has the metric): seconds per session-second of the window.
+    dtx_key = "voxmesh_inbound_dtx_seconds_total"
+    dtx = {(json.loads(k[len(dtx_key):]).get("fill", "") if k != dtx_key else ""): round((v - m0.get(k, 0.0)) / wall / n, 3)
+           for k, v in m1.items() if k.startswith(dtx_key)}
     return {
+        "edge_dtx_s_per_s": dtx or None,
         "dtx_callers": sum(1 for r in results if r.get("dtx")),
         "caller_packets_per_s": {k: round(v / caller_s, 2) for k, v in kinds.items()},
         "caller_rtp_packets_per_s": round(sum(r.get("rtp_packets_sent", 0) for r in results) / caller_s, 2),
