@@ -192,15 +192,17 @@ def test_the_answer_asks_for_40_ms_packets_in_its_audio_section_only():
     assert request_ptime(sdp, 0) == sdp and request_ptime(out, 60) == out
 
 
-def test_the_answer_asks_for_opus_dtx_in_the_opus_fmtp_only():
-    from voxmesh_edge.media import request_dtx
+def test_the_answer_asks_for_opus_dtx_and_wideband_in_the_opus_fmtp_only():
+    from voxmesh_edge.media import request_opus_fmtp
 
     sdp = ("v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111 0\r\na=rtpmap:111 opus/48000/2\r\n"
            "a=fmtp:111 minptime=10;useinbandfec=1\r\na=rtpmap:0 PCMU/8000\r\na=fmtp:0 x=1\r\n")
-    out = request_dtx(sdp)
-    assert "a=fmtp:111 minptime=10;useinbandfec=1;usedtx=1\r\n" in out and "a=fmtp:0 x=1\r\n" in out
-    assert request_dtx(out) == out
-    bare = request_dtx("v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 96\r\na=rtpmap:96 OPUS/48000/2\r\na=ptime:40\r\n")
+    out = request_opus_fmtp(sdp, usedtx=1, maxplaybackrate=16000)
+    assert "a=fmtp:111 minptime=10;useinbandfec=1;usedtx=1;maxplaybackrate=16000\r\n" in out
+    assert "a=fmtp:0 x=1\r\n" in out
+    assert request_opus_fmtp(out, usedtx=1, maxplaybackrate=16000) == out  # nothing twice
+    bare = request_opus_fmtp("v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 96\r\na=rtpmap:96 OPUS/48000/2\r\na=ptime:40\r\n",
+                             usedtx=1)
     assert "a=rtpmap:96 OPUS/48000/2\r\na=fmtp:96 usedtx=1\r\na=ptime:40" in bare
 
 

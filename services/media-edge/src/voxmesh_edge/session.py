@@ -36,7 +36,7 @@ from voxmesh.v1 import stt_pb2, tts_pb2
 from voxmesh_edge.audio import STT_RATE, WEBRTC_RATE, Resampler, frame_to_mono
 from voxmesh_edge import resume
 from voxmesh_edge.echo import EchoGuard
-from voxmesh_edge.media import PacedOpusTrack, accelerate, request_dtx, request_ptime
+from voxmesh_edge.media import PacedOpusTrack, accelerate, request_opus_fmtp, request_ptime
 from voxmesh_edge.onset import OnsetDetector, OnsetOptions
 from voxmesh_edge.playout import Playout, PlayoutTrack, Segment
 from voxmesh_edge.settings import EdgeSettings
@@ -206,8 +206,13 @@ class EdgeSession:
         sdp = self.pc.localDescription.sdp
         if self.settings.fast_media:
             sdp = request_ptime(sdp, self.settings.inbound_ptime_ms)
+        fmtp = {}
         if did["receiver"] and self.settings.inbound_dtx:
-            sdp = request_dtx(sdp)  # only where the receiver fills DTX gaps
+            fmtp["usedtx"] = 1  # only where the receiver fills DTX gaps
+        if self.settings.inbound_max_playback_rate:
+            fmtp["maxplaybackrate"] = self.settings.inbound_max_playback_rate
+        if fmtp:
+            sdp = request_opus_fmtp(sdp, **fmtp)
         return sdp
 
     def resume_token(self) -> str:
