@@ -9,13 +9,15 @@ packet duration the edge's answer asks for (a=ptime: 20 or 40 ms; aiortc's own
 sender always sends 20 ms). The received audio is decoded and kept as frame
 arrival times and counts (the recording), not written out.
 
-Turn-taking callers (OPTIONS {"talk_s": T, "silent_s": S, ...}, the bench's
---turn-taking): each caller alternates T s of the speech loop with S s of
-silence, from a random point of that cycle. In the silence it sends what a
-browser sends: with `usedtx=1` in the answer's Opus fmtp (the edge asks for it),
-Opus DTX as Chrome/libwebrtc sends it, i.e. one TOC-only packet (1 byte) when the
-silence starts, then one every 400 ms and nothing in between, the RTP timestamps
-running on (aiortc's sender takes the RTP timestamp from the av.Packet's pts,
+Turn-taking callers (OPTIONS {"talk_s": T, "silent_s": S, "dtx_style": ...},
+the bench's --turn-taking): each caller alternates T s of the speech loop with
+S s of silence, from a random point of that cycle. In the silence, with
+`usedtx=1` in the answer's Opus fmtp (the edge asks for it), it sends Opus DTX:
+style "toc", one TOC-only packet (1 byte) when the silence starts, then one
+every 400 ms and nothing in between; style "webrtc", what libopus + libwebrtc
+send (see webrtc_silence: 200 ms of coded silence, then a TOC-only packet,
+then every ~400 ms a coded refresh frame followed by a TOC-only packet). The RTP
+timestamps run on (aiortc's sender takes the RTP timestamp from the av.Packet's pts,
 and the sequence numbers stay contiguous); without it, an Opus packet of
 silence every packet period. The loop's position runs on through the silence
 (its markers in a silent stretch are not sent). See TalkSchedule.
@@ -29,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import fractions
+import functools
 import json
 import random
 import sys
@@ -88,19 +91,27 @@ class TalkSchedule:
     `silent` frames of silence, repeated, starting `offset` frames into that
     cycle. All three even, so that 40 ms packets never straddle a boundary.
 
-    In a silence, with `dtx`: one DTX packet at its first frame, then one every
-    `dtx_every` frames (400 ms), nothing in between (what libwebrtc's Opus
-    encoder sends with usedtx=1); without: a silence packet every period."""
+    In a silence, with `dtx`, `style` "toc": one DTX packet at its first frame,
+    then one every `dtx_every` frames (400 ms), nothing in between. `style`
+    "webrtc": what libopus and libwebrtc do (webrtc_silence): 200 ms of coded
+    silence first, then DTX, where every ~400 ms libopus codes a refresh frame
+    (sent, > 2 bytes) and libwebrtc sends a TOC-only packet only when it follows
+    a bigger one. Without `dtx`: a silence packet every period. `per`: frames
+    per packet (the webrtc style depends on it)."""
 
     talk: int
     silent: int
     offset: int = 0
     dtx: bool = True
     dtx_every: int = DTX_EVERY
+    style: str = "toc"
+    per: int = 1
 
     def __post_init__(self) -> None:
         if self.talk <= 0 or self.silent <= 0 or (self.talk | self.silent | self.offset | self.dtx_every) & 1:
             raise ValueError("talk and silent must be > 0; talk, silent, offset and dtx_every even")
+        if self.style not in ("toc", "webrtc"):
+            raise ValueError(f"unknown DTX style {self.style!r}")
 
     def next_packet(self, n: int) -> tuple[int, str]:
         """The first packet whose first frame is at or after frame `n` (n even
@@ -112,10 +123,37 @@ class TalkSchedule:
         if not self.dtx:
             return n, "silence"
         start = n - (pos - self.talk)  # the silence's first frame
+        if self.style == "webrtc":
+            kinds = webrtc_silence(self.silent, self.per)
+            for j in range(-(-(n - start) // self.per), len(kinds)):
+                if kinds[j] is not None:
+                    return start + j * self.per, kinds[j]
+            return start + self.silent, "speech"
         m = start + -(-(n - start) // self.dtx_every) * self.dtx_every
         if m < start + self.silent:
             return m, "dtx"
         return start + self.silent, "speech"
+
+
+@functools.lru_cache(maxsize=None)
+def webrtc_silence(silent_frames: int, per: int) -> tuple[str | None, ...]:
+    """Per packet of a silence of `silent_frames` x 20 ms: what a browser sends
+    with usedtx=1 ("silence": a coded frame; "dtx": the TOC byte alone; None:
+    nothing). libopus (opus_encoder.c, decide_dtx_mode) codes the first 200 ms
+    of no activity normally, then returns 1-byte DTX frames up to 600 ms, then
+    one coded refresh frame and counts again from 200 ms (a refresh every
+    ~400 ms). libwebrtc (opus_interface.cc, WebRtcOpus_Encode) drops a <= 2-byte
+    packet unless the packet before it was bigger, so it sends the first DTX
+    packet after the hangover and after each refresh, nothing else."""
+    ms, quiet, in_dtx, out = 20 * per, 0, False, []
+    for _ in range(silent_frames // per):
+        quiet += ms
+        dtx = 200 < quiet <= 600
+        if quiet > 600:
+            quiet = 200  # the refresh frame
+        out.append(None if dtx and in_dtx else "dtx" if dtx else "silence")
+        in_dtx = dtx
+    return tuple(out)
 
 
 class LoopMic(MediaStreamTrack):
@@ -218,7 +256,7 @@ class Caller:
         if self.mic.schedule is not None:
             # Opus DTX only when the answer asks for it (usedtx=1), as a browser does.
             dtx = any(ln.startswith("a=fmtp:") and "usedtx=1" in ln for ln in body.splitlines())
-            self.mic.schedule = dataclasses.replace(self.mic.schedule, dtx=dtx)
+            self.mic.schedule = dataclasses.replace(self.mic.schedule, dtx=dtx, per=self.mic.per)
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=body, type="answer"))
 
     async def stats(self) -> dict:
@@ -233,14 +271,14 @@ class Caller:
         return {"packets_lost": lost, "packets_received": received, "rtp_packets_sent": on_wire}
 
 
-def schedules(n: int, talk_s: float, silent_s: float, seed: int) -> list[TalkSchedule | None]:
+def schedules(n: int, talk_s: float, silent_s: float, seed: int, style: str = "toc") -> list[TalkSchedule | None]:
     """One turn-taking schedule per caller, each from a random point of its
     cycle (so that sessions are not in lockstep); None each for talk_s <= 0."""
     if talk_s <= 0 or silent_s <= 0:
         return [None] * n
     talk, silent = 2 * max(1, round(talk_s * 25)), 2 * max(1, round(silent_s * 25))  # even frames
     rng = random.Random(seed)
-    return [TalkSchedule(talk, silent, 2 * rng.randrange((talk + silent) // 2)) for _ in range(n)]
+    return [TalkSchedule(talk, silent, 2 * rng.randrange((talk + silent) // 2), style=style) for _ in range(n)]
 
 
 async def main(url: str, n: int, stagger: float, duration: float, loop_path: str, out: str, options: dict) -> None:
@@ -249,7 +287,8 @@ async def main(url: str, n: int, stagger: float, duration: float, loop_path: str
     packets = {1: encode_loop(pcm, 1), 2: encode_loop(pcm, 2)}
     silence = {1: encode_silence(1), 2: encode_silence(2)}
     marker_every = meta["marker_every_frames"]
-    plans = schedules(n, options.get("talk_s", 0.0), options.get("silent_s", 0.0), options.get("seed", 0))
+    plans = schedules(n, options.get("talk_s", 0.0), options.get("silent_s", 0.0), options.get("seed", 0),
+                      options.get("dtx_style", "toc"))
     callers = [Caller(packets, marker_every, (i * 38) % len(packets[1]), plans[i], silence) for i in range(n)]
     async with aiohttp.ClientSession() as http:
         for c in callers:

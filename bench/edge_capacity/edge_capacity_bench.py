@@ -28,10 +28,11 @@ window. Printed per N:
 
 Callers talk all the time by default. With --turn-taking, each alternates
 --caller-talk-s of speech with --caller-silent-s of silence (defaults 3 s and
-3 s, from a random point of the cycle per caller) and sends the silence as a
-browser does when the answer asks for Opus DTX (usedtx=1, the edge's default):
-one TOC-only packet when it starts, one every 400 ms, RTP timestamps running on
-(clients.TalkSchedule). Printed for that: the callers' packets per
+3 s, from a random point of the cycle per caller) and sends the silence as
+Opus DTX when the answer asks for it (usedtx=1, the edge's default), RTP
+timestamps running on (clients.TalkSchedule): --caller-dtx toc (default), one
+TOC-only packet when it starts and one every 400 ms; webrtc, what libopus and
+libwebrtc send (clients.webrtc_silence). Printed for that: the callers' packets per
 session-second (speech / DTX / silence), and what stt received per
 session-second of the window: audio (s; 1.0 when the edge fills the DTX gaps
 with silence in time), its digital-silence share and messages.
@@ -308,7 +309,7 @@ async def run_one(n: int, args, redis_url: str, doubles_port: int, stt, loop_pat
             out = workdir / f"clients-{n}-{i}.json"
             options = {"seed": 1000 * n + i}
             if args.turn_taking:
-                options.update(talk_s=args.caller_talk_s, silent_s=args.caller_silent_s)
+                options.update(talk_s=args.caller_talk_s, silent_s=args.caller_silent_s, dtx_style=args.caller_dtx)
             clients.append((subprocess.Popen(
                 [sys.executable, str(HERE / "clients.py"), url, str(k), str(args.stagger), str(run_s), str(loop_path), str(out),
                  json.dumps(options)],
@@ -347,7 +348,8 @@ async def run_one(n: int, args, redis_url: str, doubles_port: int, stt, loop_pat
                 p.kill()
         stop_process(edge)
     row = analyse(n, results, stt, m0, m1, c1 - c0, t0, t1)
-    row["callers"] = f"turns {args.caller_talk_s:g}/{args.caller_silent_s:g} s" if args.turn_taking else "continuous"
+    row["callers"] = f"turns {args.caller_talk_s:g}/{args.caller_silent_s:g} s, DTX {args.caller_dtx}" if args.turn_taking \
+        else "continuous"
     row.update(inbound_figures(n, results, m0, m1, s0, s1, t1 - t0))
     row["edge_threads_user+sys"] = cpu_split(th0, th1, t1 - t0)
     row["edge_waiting_for_cpu_pct"] = round(100 * (rd1 - rd0) / (t1 - t0), 1)
@@ -452,6 +454,10 @@ async def main() -> None:
     ap.add_argument("--caller-silent-s", type=float, default=3.0,
                     help="with --turn-taking: seconds of silence between turns (default 3: the agent's reply, "
                          "--reply-s, with the callers' speech half the time; not aligned with the agent's replies)")
+    ap.add_argument("--caller-dtx", choices=("toc", "webrtc"), default="toc",
+                    help="with --turn-taking, the DTX a silent caller sends: toc = a TOC-only packet at the start and "
+                         "every 400 ms; webrtc = libopus + libwebrtc's (200 ms of coded silence, then a TOC-only "
+                         "packet, and every ~400 ms a coded refresh frame followed by a TOC-only packet)")
     ap.add_argument("--edge-env", action="append", default=[], help="extra VOXMESH_EDGE_X=value for the edge")
     ap.add_argument("--edge-cpus", help="pin the edge (and its workers) to these CPUs, e.g. 0; default: not pinned")
     ap.add_argument("--client-cpus", help="pin the caller processes to these CPUs, e.g. 2-15; default: not pinned")

@@ -114,3 +114,25 @@ def test_markers_are_placed_on_the_callers_clock_across_dtx_gaps():
     assert row["markers"] == 3
     assert row["inbound_frames_lost"] == 7
     assert row["recv_delay_p99_ms"] == pytest.approx(10.0, abs=0.2)
+
+
+def test_webrtc_style_silence_is_what_libopus_and_libwebrtc_send():
+    # 20 ms packets: 200 ms of coded silence (libopus' hangover), a TOC-only
+    # packet, then a coded refresh frame every 21 packets (libopus counts from
+    # 200 ms again after 600 ms), each followed by a TOC-only packet (libwebrtc
+    # sends a <= 2-byte packet only after a bigger one); nothing else.
+    kinds = clients.webrtc_silence(100, 1)
+    sent = [(j, k) for j, k in enumerate(kinds) if k is not None]
+    assert sent == [(j, "silence") for j in range(10)] + [
+        (10, "dtx"), (30, "silence"), (31, "dtx"), (51, "silence"), (52, "dtx"), (72, "silence"), (73, "dtx"),
+        (93, "silence"), (94, "dtx")]
+    s = clients.TalkSchedule(talk=4, silent=100, style="webrtc", per=2)
+    got, n = [], 0
+    while n < 104:
+        m, kind = s.next_packet(n)
+        got.append((m, kind))
+        n = m + 2
+    assert got[:2] == [(0, "speech"), (2, "speech")]
+    assert got[2:7] == [(4 + 2 * j, "silence") for j in range(5)]  # 5 x 40 ms of hangover
+    assert got[7:] == [(14, "dtx"), (34, "silence"), (36, "dtx"), (56, "silence"), (58, "dtx"),
+                       (78, "silence"), (80, "dtx"), (100, "silence"), (102, "dtx")]
