@@ -365,6 +365,43 @@ def test_a_long_dtx_gap_goes_in_coarse_chunks_after_the_end_of_turn_window_and_s
     assert not dec.fill_live()
 
 
+def test_a_dtx_gap_goes_coarse_once_no_user_turn_is_open_at_stt():
+    """The agent talks, the user listens in DTX: stt needs only its clock, not a
+    message per 40 ms. While a turn is open (or in the first DTX_SETTLE_S of a
+    gap, before a short utterance's SpeechStarted may have come) it is fine."""
+    from voxmesh_edge.media import InlineDecoder
+
+    dec, q, clock, filler, codec, enc = _live_decoder(fine_s=2.5, chunk_s=0.4)
+    turn_open = [True]
+    dec.settled = lambda: not turn_open[0]
+    clock.now += 0.02
+    _dtx_stream(dec, codec, enc, [(0, "speech")])
+    clock.now += 0.02
+    _dtx_stream(dec, codec, enc, [(960, "dtx")])
+    _drain(q)
+
+    def run(seconds):
+        sizes = []
+        for _ in range(round(seconds / 0.02)):
+            clock.now += 0.02
+            dec.fill_live()
+            sizes += [f.samples for f in _drain(q)]
+        return sizes
+
+    assert set(run(0.8)) == {640}  # turn open: 40 ms chunks
+    turn_open[0] = False  # stt ended the turn
+    coarse = run(0.8)
+    assert coarse and set(coarse) <= {6400, 6400 + 320, 6400 - 320, 6080, 6720} and len(coarse) <= 2
+    # a fresh gap: fine for the first DTX_SETTLE_S even with no turn open
+    clock.now += 0.02
+    _dtx_stream(dec, codec, enc, [((dec._next_ts + 960 * 3) & 0xFFFFFFFF, "speech")])
+    clock.now += 0.02
+    _dtx_stream(dec, codec, enc, [(dec._next_ts, "dtx")])
+    _drain(q)
+    early = run(InlineDecoder.DTX_SETTLE_S - 0.1)
+    assert early and set(early) == {640}
+
+
 async def test_the_process_filler_sweeps_only_decoders_in_a_dtx_gap():
     from voxmesh_edge.media import DtxFiller, InlineDecoder
 

@@ -747,10 +747,14 @@ class InlineDecoder:
     `DtxFiller`), once the caller has said it is in DTX the silence is also
     handed on in real time, `fill_live`, running FILL_LAG behind the caller's
     clock (the longest packet seen + FILL_MARGIN_S: by then a packet of speech
-    would have arrived), in `chunk_frames` chunks for the first `dtx_fine_s`
-    of the gap (longer than any end-of-turn wait) and in `dtx_chunk_s` chunks
-    after that (the user listens while the agent talks; a message per 40 ms to
-    stt would be most of the edge's gRPC traffic for nothing). A packet of
+    would have arrived), in `chunk_frames` chunks while stt may still be
+    deciding the end of a turn on it, and in `dtx_chunk_s` chunks once it cannot
+    be: `settled()` (the session: no user turn open at stt) after DTX_SETTLE_S of
+    gap (stt's SpeechStarted may come after a short utterance's gap began), or
+    after `dtx_fine_s` in any case (longer than any end-of-turn wait). The user
+    listens in DTX while the agent talks, and a message per 40 ms to stt then
+    carries only its clock: measured, fine chunks through every 3 s gap cost the
+    edge ~10 % more CPU than a chunk per keep-alive. A packet of
     speech that arrives after its time was already filled (jitter beyond the
     margin) is handed on whole, never cut: the audio handed on then runs ahead
     of the caller's clock by the overlap, and the next gap's silence is
@@ -758,6 +762,7 @@ class InlineDecoder:
 
     MAX_GAP_S = 2.0
     FILL_MARGIN_S = 0.02
+    DTX_SETTLE_S = 0.6
     _CLOCK = 48000  # Opus' RTP clock rate (RFC 7587), whatever the audio's rate
     _FRAME = 960  # 20 ms in RTP ticks
     _MASK = 0xFFFFFFFF
@@ -771,7 +776,7 @@ class InlineDecoder:
 
     def __init__(self, output: asyncio.Queue, rate: int = STT_RATE, chunk_frames: int = 1,
                  tap: Callable[[np.ndarray], None] | None = None, *, voiced_chunk_frames: int = 0,
-                 filler: DtxFiller | None = None,
+                 filler: DtxFiller | None = None, settled: Callable[[], bool] | None = None,
                  dtx_fine_s: float = 2.5, dtx_chunk_s: float = 0.4,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._out = output
@@ -792,6 +797,8 @@ class InlineDecoder:
         self.filler = filler
         self._clock = clock
         self._fine = int(dtx_fine_s * self._CLOCK)
+        self._settle = int(self.DTX_SETTLE_S * self._CLOCK)
+        self.settled = settled
         self._coarse = max(self._FRAME, int(dtx_chunk_s * self._CLOCK) // self._FRAME * self._FRAME)
         self._anchor: tuple[float, int] | None = None  # (arrival time, RTP ts where that packet ends)
         self._packet_ticks = self._FRAME  # the longest packet of speech seen
@@ -883,7 +890,8 @@ class InlineDecoder:
         if due >= 1 << 31:
             return True  # nothing due yet (the last packet ends later)
         due -= due % self._FRAME
-        coarse = (self._next_ts - self._gap_start) & self._MASK >= self._fine
+        into = (self._next_ts - self._gap_start) & self._MASK
+        coarse = into >= self._fine or (into >= self._settle and self.settled is not None and self.settled())
         if due < (self._coarse if coarse else self._FRAME):
             return True
         self._silence(due, live=True)
@@ -1041,6 +1049,7 @@ class FastReceiver(RTCRtpReceiver):
     # (dtx_fine_s, dtx_chunk_s) when the answer asked for DTX: hand a silent
     # caller's gaps on in real time (InlineDecoder.fill_live); None: at the next packet
     live_dtx: tuple[float, float] | None = None
+    settled: Callable[[], bool] | None = None  # see InlineDecoder
 
     async def receive(self, parameters) -> None:
         if getattr(self, _P + "started") or getattr(self, _P + "kind") != "audio":
@@ -1056,7 +1065,7 @@ class FastReceiver(RTCRtpReceiver):
         live = self.live_dtx
         setattr(self, _P + "decoder_queue", InlineDecoder(
             self._track._queue, chunk_frames=self.chunk_frames, tap=self.tap,
-            voiced_chunk_frames=self.voiced_chunk_frames,
+            voiced_chunk_frames=self.voiced_chunk_frames, settled=self.settled,
             filler=DtxFiller.of() if live else None,
             **({"dtx_fine_s": live[0], "dtx_chunk_s": live[1]} if live else {})))
         setattr(self, _P + "decoder_thread", _NoThread())
@@ -1075,10 +1084,12 @@ _warned = False
 
 def accelerate(transceiver, track: PacedOpusTrack, reorder_frames: int = 2, chunk_ms: int = 20,
                tap: Callable[[np.ndarray], None] | None = None,
-               live_dtx: tuple[float, float] | None = None, voiced_chunk_ms: int = 0) -> dict[str, bool]:
+               live_dtx: tuple[float, float] | None = None, voiced_chunk_ms: int = 0,
+               settled: Callable[[], bool] | None = None) -> dict[str, bool]:
     """Put one session's audio transceiver on the fast path, after the remote
     offer is applied and before the transport starts. `live_dtx`: (fine, chunk)
-    seconds when the answer will ask the caller for DTX (see InlineDecoder).
+    seconds when the answer will ask the caller for DTX, `settled` whether no
+    user turn is open at stt (see InlineDecoder).
     Returns what it did ("receiver": inbound audio is decoded here, and `tap`
     sees every packet;
     "encoder": agent audio is encoded here; "sender": FastSender sends it)."""
@@ -1092,6 +1103,7 @@ def accelerate(transceiver, track: PacedOpusTrack, reorder_frames: int = 2, chun
         receiver.tap = tap
         receiver.live_dtx = live_dtx
         receiver.voiced_chunk_frames = voiced_chunk_ms // 20
+        receiver.settled = settled
         did["receiver"] = True
     elif not _warned:
         _warned = True

@@ -191,7 +191,8 @@ class EdgeSession:
             did = accelerate(audio[0], self.track, st.reorder_frames, st.inbound_chunk_ms,
                              tap=self._listen_for_bargein if self.onset is not None else None,
                              live_dtx=(st.inbound_dtx_fine_ms / 1000, st.inbound_dtx_chunk_ms / 1000)
-                             if st.inbound_dtx else None, voiced_chunk_ms=st.inbound_voiced_chunk_ms)
+                             if st.inbound_dtx else None, voiced_chunk_ms=st.inbound_voiced_chunk_ms,
+                             settled=lambda: self._turn_open is None)
             # The fast receiver hands every packet to the detector as it is
             # decoded, before the 40 ms chunking.
             self._onset_in_read = not did["receiver"]

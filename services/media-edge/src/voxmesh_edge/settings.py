@@ -136,9 +136,10 @@ class EdgeSettings:
     inbound_max_playback_rate: int = 16000
     # A silent caller's DTX gap goes to stt as silence in real time (a turn ends
     # on silence stt has received), ~40-60 ms behind the caller's clock, in
-    # inbound_chunk_ms chunks for the first inbound_dtx_fine_ms of the gap (more
-    # than stt's longest end-of-turn wait, max_silence_ms 2000) and in
-    # inbound_dtx_chunk_ms chunks after that, when only stt's clock needs it.
+    # inbound_chunk_ms chunks while a user turn is open at stt (at most
+    # inbound_dtx_fine_ms into the gap: more than stt's longest end-of-turn wait,
+    # max_silence_ms 2000) and in inbound_dtx_chunk_ms chunks otherwise, when
+    # only stt's clock needs it.
     inbound_dtx_fine_ms: int = 2500
     inbound_dtx_chunk_ms: int = 400
     # Agent audio per packet we send: 20, or 40 to halve the outbound packet
