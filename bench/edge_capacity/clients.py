@@ -6,7 +6,8 @@ To leave the cores to the edge under test, the microphone audio is Opus-encoded
 once, up front, and every caller sends those packets (aiortc's sender packs a
 pre-encoded av.Packet without re-encoding). Like a browser, a caller sends the
 packet duration the edge's answer asks for (a=ptime: 20 or 40 ms; aiortc's own
-sender always sends 20 ms). The received audio is decoded and kept as frame
+sender always sends 20 ms) and, like Chromium, wideband (SILK) when the answer's
+Opus fmtp says maxplaybackrate=16000. The received audio is decoded and kept as frame
 arrival times and counts (the recording), not written out.
 
 Turn-taking callers (OPTIONS {"talk_s": T, "silent_s": S, "dtx_style": ...},
@@ -50,13 +51,39 @@ TB = fractions.Fraction(1, RATE)
 DTX_EVERY = 20  # frames: WebRTC sends a DTX packet every 400 ms in a silence
 
 
-def encode_loop(pcm: np.ndarray, frames_per_packet: int = 1) -> list[bytes]:
-    """The whole loop as Opus packets of 20 ms x frames_per_packet (mono, voip
-    at 32 kb/s, as a browser sends), encoded once (libopus via the edge's own
-    binding, which takes any Opus frame size)."""
+_SET_MAX_BANDWIDTH = 4004  # OPUS_SET_MAX_BANDWIDTH_REQUEST
+_BANDWIDTH_WIDEBAND = 1103  # OPUS_BANDWIDTH_WIDEBAND
+
+
+def _encoder(wideband: bool):
+    """A browser's Opus encoder (mono, voip, 32 kb/s, complexity 9); `wideband`
+    when the answer says maxplaybackrate <= 16000, which a browser follows
+    (Chromium then sends SILK wideband, as the edge's e2e test saw)."""
+    import ctypes
+
     from voxmesh_edge import opus
 
     enc = opus.Encoder(RATE, 32000, complexity=9, application="voip")
+    if wideband:
+        enc._lib.opus_encoder_ctl(ctypes.c_void_p(enc._st), _SET_MAX_BANDWIDTH, ctypes.c_int32(_BANDWIDTH_WIDEBAND))
+    return enc
+
+
+def wants_wideband(answer: str) -> bool:
+    """Whether the answer's Opus fmtp asks for maxplaybackrate <= 16000."""
+    for line in answer.splitlines():
+        if line.startswith("a=fmtp:") and "maxplaybackrate=" in line:
+            rate = line.split("maxplaybackrate=", 1)[1].split(";", 1)[0].strip()
+            if rate.isdigit() and int(rate) <= 16000:
+                return True
+    return False
+
+
+def encode_loop(pcm: np.ndarray, frames_per_packet: int = 1, wideband: bool = False) -> list[bytes]:
+    """The whole loop as Opus packets of 20 ms x frames_per_packet (mono, voip
+    at 32 kb/s, as a browser sends), encoded once (libopus via the edge's own
+    binding, which takes any Opus frame size)."""
+    enc = _encoder(wideband)
     size = FRAME * frames_per_packet
     # Encode two laps and keep the second, so the first packet follows the last
     # one seamlessly when the loop wraps.
@@ -65,14 +92,13 @@ def encode_loop(pcm: np.ndarray, frames_per_packet: int = 1) -> list[bytes]:
     return out[-(pcm.size // size):]
 
 
-def encode_silence(frames_per_packet: int) -> tuple[bytes, bytes]:
+def encode_silence(frames_per_packet: int, wideband: bool = False) -> tuple[bytes, bytes]:
     """(a steady-state Opus packet of digital silence, its DTX packet) for the
     encoder settings of encode_loop; the DTX packet is the silence packet's TOC
     byte alone (voxmesh_edge.media.dtx_packet, as the edge's own sender makes it)."""
-    from voxmesh_edge import opus
     from voxmesh_edge.media import dtx_packet
 
-    enc = opus.Encoder(RATE, 32000, complexity=9, application="voip")
+    enc = _encoder(wideband)
     size = FRAME * frames_per_packet
     zeros = np.zeros(size, np.int16)
     silence = b""
@@ -215,10 +241,12 @@ class LoopMic(MediaStreamTrack):
 
 
 class Caller:
-    def __init__(self, packets: dict[int, list[bytes]], marker_every: int, phase: int,
-                 schedule: TalkSchedule | None = None, silence: dict[int, tuple[bytes, bytes]] | None = None) -> None:
+    def __init__(self, variants: dict[bool, tuple[dict, dict]], marker_every: int, phase: int,
+                 schedule: TalkSchedule | None = None) -> None:
+        """`variants`: wideband? -> (speech packets, silence packets) by frames per packet."""
         self.pc = RTCPeerConnection()
-        self.mic = LoopMic(packets, marker_every, phase, schedule, silence)
+        self.variants = variants
+        self.mic = LoopMic(*variants[False][:1], marker_every, phase, schedule, variants[False][1])
         self.pc.addTrack(self.mic)
         self.pc.createDataChannel("events")
         self.arrivals: list[float] = []
@@ -253,6 +281,7 @@ class Caller:
             self.sid = r.headers["X-Voxmesh-Session"]
         # Follow the answer's a=ptime as a browser's Opus encoder does.
         self.mic.per = 2 if "a=ptime:40" in body or "a=ptime:60" in body else 1
+        self.mic.packets, self.mic.silence = self.variants[wants_wideband(body)]
         if self.mic.schedule is not None:
             # Opus DTX only when the answer asks for it (usedtx=1), as a browser does.
             dtx = any(ln.startswith("a=fmtp:") and "usedtx=1" in ln for ln in body.splitlines())
@@ -284,12 +313,13 @@ def schedules(n: int, talk_s: float, silent_s: float, seed: int, style: str = "t
 async def main(url: str, n: int, stagger: float, duration: float, loop_path: str, out: str, options: dict) -> None:
     pcm = np.load(loop_path)
     meta = json.loads(open(loop_path + ".json").read())
-    packets = {1: encode_loop(pcm, 1), 2: encode_loop(pcm, 2)}
-    silence = {1: encode_silence(1), 2: encode_silence(2)}
+    variants = {wb: ({1: encode_loop(pcm, 1, wb), 2: encode_loop(pcm, 2, wb)},
+                     {1: encode_silence(1, wb), 2: encode_silence(2, wb)}) for wb in (False, True)}
     marker_every = meta["marker_every_frames"]
     plans = schedules(n, options.get("talk_s", 0.0), options.get("silent_s", 0.0), options.get("seed", 0),
                       options.get("dtx_style", "toc"))
-    callers = [Caller(packets, marker_every, (i * 38) % len(packets[1]), plans[i], silence) for i in range(n)]
+    frames = len(variants[False][0][1])
+    callers = [Caller(variants, marker_every, (i * 38) % frames, plans[i]) for i in range(n)]
     async with aiohttp.ClientSession() as http:
         for c in callers:
             await c.start(http, url)

@@ -136,3 +136,11 @@ def test_webrtc_style_silence_is_what_libopus_and_libwebrtc_send():
     assert got[2:7] == [(4 + 2 * j, "silence") for j in range(5)]  # 5 x 40 ms of hangover
     assert got[7:] == [(14, "dtx"), (34, "silence"), (36, "dtx"), (56, "silence"), (58, "dtx"),
                        (78, "silence"), (80, "dtx"), (100, "silence"), (102, "dtx")]
+
+
+def test_callers_follow_maxplaybackrate_as_chromium_does():
+    assert clients.wants_wideband("a=rtpmap:111 opus/48000/2\r\na=fmtp:111 usedtx=1;maxplaybackrate=16000\r\n")
+    assert not clients.wants_wideband("a=fmtp:111 minptime=10;useinbandfec=1;usedtx=1\r\n")
+    assert not clients.wants_wideband("a=fmtp:111 maxplaybackrate=48000\r\n")
+    silence, dtx = clients.encode_silence(2, wideband=True)
+    assert silence[0] >> 3 == 10 and dtx == silence[:1]  # TOC config 10: SILK wideband, 40 ms
