@@ -323,6 +323,54 @@ def test_a_dtx_gap_reaches_stt_as_silence_in_real_time_not_at_the_next_packet():
     assert dec.dtx_filled == (400 - 20) * 16 and not dec.fill_live()
 
 
+def test_a_browsers_comfort_noise_refresh_frames_do_not_end_the_dtx_gap():
+    """libopus in DTX codes a refresh frame every ~400 ms, then a 1-byte packet:
+    the gap (and its coarse chunks once no turn is open) goes on through them;
+    speech after a jump ends it."""
+    dec, q, clock, filler, codec, enc = _live_decoder(fine_s=2.5, chunk_s=0.4)
+    dec.settled = lambda: True
+    noise = (np.random.default_rng(3).standard_normal(960) * 15).astype(np.int16)  # ~-67 dBFS
+    ts = 0
+    for _ in range(10):  # speech, then the 200 ms of coded silence before DTX
+        clock.now += 0.02
+        _dtx_stream(dec, codec, enc, [(ts, "speech")])
+        ts += 960
+    for _ in range(10):
+        clock.now += 0.02
+        dec.put((codec, __import__("voxmesh_edge.media", fromlist=["_Batch"])._Batch(ts, [(ts, enc.encode(noise))])))
+        ts += 960
+    clock.now += 0.02
+    _dtx_stream(dec, codec, enc, [(ts, "dtx")])
+    gap = dec._gap_start
+    assert gap is not None
+    ts += 960
+    _drain(q)
+    from voxmesh_edge.media import _Batch
+
+    sizes = []
+    for k in range(6):  # 6 refresh cycles of 400 ms: refresh frame + a 1-byte packet each
+        for _ in range(19):
+            clock.now += 0.02
+            dec.fill_live()
+            sizes += [f.samples for f in _drain(q)]
+        ts += 18 * 960
+        clock.now += 0.02
+        dec.put((codec, _Batch(ts, [(ts, enc.encode(noise))])))
+        ts += 960
+        _dtx_stream(dec, codec, enc, [(ts, "dtx")])
+        ts += 960
+        sizes += [f.samples for f in _drain(q)]
+        assert dec._gap_start == gap  # the refresh did not end the gap
+    # coarse once no turn is open and DTX_SETTLE_S into the gap: the last three
+    # cycles are ~2 messages each (~360 ms of silence, then the refresh and the
+    # 1-byte packet), not one per 40 ms
+    assert len(sizes) < 30 and sizes[-6:] == [5760, 640] * 3
+    clock.now += 0.3
+    ts += 12 * 960
+    _dtx_stream(dec, codec, enc, [(ts, "speech")])  # speech after a jump ends it
+    assert dec._gap_start is None
+
+
 def test_speech_that_comes_after_its_time_was_filled_is_handed_on_whole_and_paid_back():
     dec, q, clock, filler, codec, enc = _live_decoder()
     clock.now += 0.02

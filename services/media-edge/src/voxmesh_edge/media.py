@@ -741,6 +741,12 @@ class InlineDecoder:
     of more than MAX_GAP_S is a discontinuity (a restarted sender), not
     silence: it is not filled.
 
+    Browsers do not stay silent: libopus codes a comfort-noise "refresh" frame
+    every ~400 ms of DTX (then a 1-byte packet again). A coded packet that comes
+    after a timestamp jump inside a gap and is not voiced (see `_voiced`) is
+    such a refresh: the gap goes on (and a refresh whose time the live fill
+    already covered is dropped, like a keep-alive).
+
     Waiting for the next packet to fill a gap would hold stt's clock still for
     up to 400 ms while the user is silent, and the end of their turn with it:
     stt ends a turn on silence it has received. So with `filler` (a process's
@@ -835,13 +841,21 @@ class InlineDecoder:
                     log.debug("opus decode failed: %s", exc)
                     continue
                 ticks = pcm.size * self._CLOCK // self._rate
+                voiced: bool | None = None
                 if item is not None:
                     ts, dtx = item[0], len(item[1]) <= 2
                     if self.filler is not None:
+                        if not dtx and self._gap_start is not None and self._anchor is not None \
+                                and self._FRAME <= (ts - self._anchor[1]) & self._MASK < 1 << 31:
+                            # A coded packet after a jump, in a DTX gap: a browser's
+                            # comfort-noise refresh (libopus codes one every ~400 ms
+                            # of DTX) unless it sounds like speech; the gap goes on.
+                            voiced = self._voiced(pcm)
+                            dtx = not voiced
                         self._anchor = (self._clock(), (ts + ticks) & self._MASK)
                     if self._next_ts is not None and 0 < (self._next_ts - ts) & self._MASK < 1 << 31:
-                        # Its time was filled already (live fill): a keep-alive adds
-                        # nothing to that silence; speech is handed on whole.
+                        # Its time was filled already (live fill): a keep-alive or a
+                        # refresh adds nothing to that silence; speech is handed on whole.
                         if dtx:
                             continue
                         self._ahead += (self._next_ts - ts) & self._MASK
@@ -851,7 +865,9 @@ class InlineDecoder:
                     self._dtx_state(dtx, ts, ticks)
                 if self._next_ts is not None:
                     self._next_ts = (self._next_ts + ticks) & self._MASK
-                self._hand_on(pcm, self._voiced(pcm) if self._voiced_chunk > self._chunk else False)
+                if self._voiced_chunk > self._chunk and voiced is None:
+                    voiced = self._voiced(pcm)
+                self._hand_on(pcm, bool(voiced))
             elif item is not None:
                 from aiortc.jitterbuffer import JitterFrame
 
@@ -923,8 +939,9 @@ class InlineDecoder:
             return False
         x = pcm.astype(np.float32)
         db = 10.0 * math.log10(float(np.dot(x, x)) / (pcm.size * 1073741824.0) + 1e-12)
+        floor = min(self._levels) if self._levels else -120.0  # of the packets before this one
         self._levels.append(db)
-        return db > max(self.VOICED_DBFS, min(self._levels) + self.VOICED_MARGIN_DB)
+        return db > max(self.VOICED_DBFS, floor + self.VOICED_MARGIN_DB)
 
     def _hand_on(self, pcm: np.ndarray, voiced: bool = False) -> None:
         if self.tap is not None:
