@@ -77,6 +77,24 @@ def test_a_click_and_steady_noise_give_none():
     assert len(feed_all(OnsetDetector(), long)) == 1
 
 
+def test_digital_silence_is_taken_in_one_step_with_the_same_result(voices):
+    """The edge hands a DTX caller's gaps on as zeros: the shortcut must leave
+    the detector exactly where feeding them window by window would."""
+
+    class WindowByWindow(OnsetDetector):
+        skip_digital_silence = False
+
+    speech = voices[1][:16000]  # the user, at 16 kHz
+    pieces = [speech[:4800], np.zeros(640, np.int16), np.zeros(320, np.int16), speech[4800:9600],
+              np.zeros(6400, np.int16), speech[9600:], np.zeros(640, np.int16), speech[:3200]]
+    fast, ref = OnsetDetector(), WindowByWindow()
+    got = [fast.feed(p) for p in pieces]
+    want = [ref.feed(p) for p in pieces]
+    assert got == want and any(o is not None for o in got)
+    assert (fast.samples, fast._active, fast._fired, fast._floor_db) == (ref.samples, ref._active, ref._fired, ref._floor_db)
+    assert np.array_equal(fast._recent, ref._recent)
+
+
 def test_the_agents_echo_is_no_onset_but_the_caller_over_it_is(voices):
     agent, user = voices
     guard = EchoGuard()

@@ -55,6 +55,8 @@ class OnsetDetector:
     (in the detector's own count) where sustained speech-level energy began,
     once per burst, or None."""
 
+    skip_digital_silence = True  # see _digital_silence
+
     def __init__(self, echo: EchoGuard | None = None, options: OnsetOptions | None = None) -> None:
         self.options = o = options or OnsetOptions()
         self.echo = echo
@@ -87,6 +89,8 @@ class OnsetDetector:
         self._rest = np.zeros(0, np.int16)
 
     def feed(self, pcm: np.ndarray) -> int | None:
+        if self.skip_digital_silence and not self._rest.size and not pcm.size % self._win and not pcm.any():
+            return self._digital_silence(pcm.size)
         r = self._recent
         if pcm.size >= r.size:
             r[:] = pcm[-r.size :]
@@ -126,6 +130,28 @@ class OnsetDetector:
                 # so speech never raises it much but a noisier room does.
                 self._floor_db = db if db < self._floor_db else self._floor_db + 0.1 * min(1.0, db - self._floor_db)
         return onset
+
+    def _digital_silence(self, n: int) -> None:
+        """`feed` of n zeros (whole windows, nothing pending), in one step: the edge hands a silent
+        DTX caller's gaps on as digital silence, 20 ms at a time, and windows
+        of zeros only end a burst and pull the noise floor down (what the loop
+        above does for each of them)."""
+        r = self._recent
+        if n >= r.size:
+            r[:] = 0
+        else:
+            r[:-n] = r[n:]
+            r[-n:] = 0
+        self._samples += n
+        if n >= self._win:
+            self._active = 0
+            self._fired = False
+            self._floor_db = min(self._floor_db, _ZERO_DB)
+        return None
+
+
+# The level of a window of zeros as `feed` computes it.
+_ZERO_DB = 10 * math.log10(1e-12)
 
 
 def _declick(x: np.ndarray) -> np.ndarray:
