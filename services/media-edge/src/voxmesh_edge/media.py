@@ -47,6 +47,7 @@ import struct
 import time
 import weakref
 from collections.abc import Callable
+from typing import Self
 
 import av
 import numpy as np
@@ -222,25 +223,34 @@ class PlayoutStats:
         self.late = self.audio = self.silence = 0
 
 
-class Ticker:
+class _PerLoop:
+    """One instance per event loop, made on first use by `of(loop)` (default: the
+    running loop) as `cls(loop)`: the process's shared timers live on its loop."""
+
+    _by_loop: weakref.WeakKeyDictionary
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._by_loop = weakref.WeakKeyDictionary()
+
+    @classmethod
+    def of(cls, loop: asyncio.AbstractEventLoop | None = None) -> Self:
+        loop = loop or asyncio.get_running_loop()
+        instance = cls._by_loop.get(loop)
+        if instance is None:
+            instance = cls._by_loop[loop] = cls(loop)
+        return instance
+
+
+class Ticker(_PerLoop):
     """A 20 ms grid shared by every playout track on one event loop: tick k is
     due at t0 + k x 20 ms. One timer per tick wakes all the tracks waiting for
     it (each with its own future, so one track's cancellation touches no other)."""
-
-    _by_loop: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self.t0 = time.monotonic()
         self._waiters: dict[int, list[asyncio.Future]] = {}
-
-    @classmethod
-    def of(cls, loop: asyncio.AbstractEventLoop | None = None) -> Ticker:
-        loop = loop or asyncio.get_running_loop()
-        ticker = cls._by_loop.get(loop)
-        if ticker is None:
-            ticker = cls._by_loop[loop] = cls(loop)
-        return ticker
 
     def due(self, k: int) -> float:
         return self.t0 + k * FRAME_S
@@ -965,25 +975,15 @@ def _dtx_metric(fill: str):
     return metric("voxmesh_inbound_dtx_seconds_total").labels(fill=fill)
 
 
-class DtxFiller:
+class DtxFiller(_PerLoop):
     """Runs `InlineDecoder.fill_live` every 20 ms for the receivers of one event
     loop whose caller is in a DTX gap: one timer for the whole process, and
     none while no caller is silent."""
-
-    _by_loop: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self._decoders: set[InlineDecoder] = set()
         self._timer: asyncio.TimerHandle | None = None
-
-    @classmethod
-    def of(cls, loop: asyncio.AbstractEventLoop | None = None) -> DtxFiller:
-        loop = loop or asyncio.get_running_loop()
-        filler = cls._by_loop.get(loop)
-        if filler is None:
-            filler = cls._by_loop[loop] = cls(loop)
-        return filler
 
     def __len__(self) -> int:
         return len(self._decoders)
