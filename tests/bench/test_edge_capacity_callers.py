@@ -15,7 +15,12 @@ BENCH = pathlib.Path(__file__).resolve().parents[2] / "bench" / "edge_capacity"
 
 
 def _load(name: str):
-    sys.path.insert(0, str(BENCH))  # the bench's modules import each other by name
+    # The bench's modules import each other by plain name ("doubles", "clients"),
+    # which other test folders use too: a suite-wide run may already hold another
+    # "doubles" in sys.modules. Load ours with the names free, then put theirs back.
+    plain = [p.stem for p in BENCH.glob("*.py")]
+    shadowed = {m: sys.modules.pop(m) for m in plain if m in sys.modules}
+    sys.path.insert(0, str(BENCH))
     try:
         spec = importlib.util.spec_from_file_location(f"edge_capacity_{name}", BENCH / f"{name}.py")
         mod = importlib.util.module_from_spec(spec)
@@ -24,6 +29,9 @@ def _load(name: str):
         return mod
     finally:
         sys.path.remove(str(BENCH))
+        for m in plain:
+            sys.modules.pop(m, None)
+        sys.modules.update(shadowed)
 
 
 clients = _load("clients")
