@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pathlib
+import random
 import shutil
 import socket
 import subprocess
@@ -13,8 +14,43 @@ import time
 from collections.abc import Iterator
 
 
+# Ports handed out by this process (two servers of one stack must not get the same).
+_handed_out: set[int] = set()
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        lo, hi = (int(v) for v in pathlib.Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+        return lo, hi
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+
+
 def free_port() -> int:
-    with socket.socket() as s:
+    """A TCP port nothing listens on, for a server a test is about to start.
+
+    Not one the kernel picks (bind to port 0): those come from the ephemeral
+    range, which every outgoing connection also draws from, so between this
+    probe and the server's bind a client socket can take the port ("Address
+    already in use": a whole fault-test stack failed so). Below the ephemeral
+    range nothing takes a port unasked; random, so parallel test processes rarely
+    pick the same one, and probed with a bind on all interfaces, as servers bind."""
+    lo, _ = _ephemeral_range()
+    top = min(lo, 32768) - 1
+    if top > 12000:
+        rng = random.Random()
+        for _ in range(500):
+            port = rng.randint(10000, top)
+            if port in _handed_out:
+                continue
+            with socket.socket() as s:
+                try:
+                    s.bind(("", port))
+                except OSError:
+                    continue
+            _handed_out.add(port)
+            return port
+    with socket.socket() as s:  # no room below the ephemeral range: the kernel's pick
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
