@@ -22,15 +22,13 @@ from aiortc import RTCPeerConnection
 from aiortc.mediastreams import AudioStreamTrack
 
 from voxmesh.core.webrtc import configure_ice_hosts
-from voxmesh.testing.servers import redis_server, wait_for_port
+from voxmesh.testing.servers import free_port, redis_server, wait_for_port
 
 
 def free_block(n: int) -> int:
     """A port p with p .. p+n-1 all free (the pod port and one per worker)."""
     for _ in range(50):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            base = s.getsockname()[1]
+        base = free_port()  # below the ephemeral range (see free_port)
         if base + n > 65535:
             continue
         socks = []
