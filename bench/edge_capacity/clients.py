@@ -51,22 +51,14 @@ TB = fractions.Fraction(1, RATE)
 DTX_EVERY = 20  # frames: WebRTC sends a DTX packet every 400 ms in a silence
 
 
-_SET_MAX_BANDWIDTH = 4004  # OPUS_SET_MAX_BANDWIDTH_REQUEST
-_BANDWIDTH_WIDEBAND = 1103  # OPUS_BANDWIDTH_WIDEBAND
-
-
 def _encoder(wideband: bool):
     """A browser's Opus encoder (mono, voip, 32 kb/s, complexity 9); `wideband`
     when the answer says maxplaybackrate <= 16000, which a browser follows
     (Chromium then sends SILK wideband, as the edge's e2e test saw)."""
-    import ctypes
-
     from voxmesh_edge import opus
 
-    enc = opus.Encoder(RATE, 32000, complexity=9, application="voip")
-    if wideband:
-        enc._lib.opus_encoder_ctl(ctypes.c_void_p(enc._st), _SET_MAX_BANDWIDTH, ctypes.c_int32(_BANDWIDTH_WIDEBAND))
-    return enc
+    return opus.Encoder(RATE, 32000, complexity=9, application="voip",
+                        max_bandwidth="wideband" if wideband else "fullband")
 
 
 def wants_wideband(answer: str) -> bool:

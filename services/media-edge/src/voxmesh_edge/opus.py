@@ -29,6 +29,9 @@ _SET_BITRATE = 4002
 _SET_COMPLEXITY = 4010
 _SET_INBAND_FEC = 4012
 _SET_PACKET_LOSS_PERC = 4014
+_SET_MAX_BANDWIDTH = 4004
+# Audio bandwidths an encoder can be held to (OPUS_BANDWIDTH_*).
+BANDWIDTHS = {"narrowband": 1101, "mediumband": 1102, "wideband": 1103, "superwideband": 1104, "fullband": 1105}
 _MAX_PACKET = 1500
 
 _lib: ctypes.CDLL | None = None
@@ -93,7 +96,7 @@ class Encoder:
     "voip" is the better choice below ~24 kb/s or when in-band FEC matters."""
 
     def __init__(self, rate: int = 48000, bitrate: int = 32000, complexity: int = 6, fec: bool = False,
-                 application: str = "audio") -> None:
+                 application: str = "audio", max_bandwidth: str = "fullband") -> None:
         lib = _load()
         if lib is None:
             raise OpusError("libopus not found")
@@ -105,6 +108,8 @@ class Encoder:
         # opus_encoder_ctl is variadic: pass the int argument explicitly typed.
         lib.opus_encoder_ctl(ctypes.c_void_p(self._st), _SET_BITRATE, ctypes.c_int32(bitrate))
         lib.opus_encoder_ctl(ctypes.c_void_p(self._st), _SET_COMPLEXITY, ctypes.c_int32(complexity))
+        if max_bandwidth != "fullband":  # what a browser does for maxplaybackrate=16000: "wideband"
+            lib.opus_encoder_ctl(ctypes.c_void_p(self._st), _SET_MAX_BANDWIDTH, ctypes.c_int32(BANDWIDTHS[max_bandwidth]))
         if fec:
             lib.opus_encoder_ctl(ctypes.c_void_p(self._st), _SET_INBAND_FEC, ctypes.c_int32(1))
             lib.opus_encoder_ctl(ctypes.c_void_p(self._st), _SET_PACKET_LOSS_PERC, ctypes.c_int32(5))
