@@ -147,10 +147,9 @@ class OnsetDetector:
             r[:-n] = r[n:]
             r[-n:] = 0
         self._samples += n
-        if n >= self._win:
-            self._active = 0
-            self._fired = False
-            self._floor_db = min(self._floor_db, _ZERO_DB)
+        self._active = 0
+        self._fired = False
+        self._floor_db = min(self._floor_db, _ZERO_DB)
         return None
 
 

@@ -117,10 +117,11 @@ class EdgeSettings:
     # average. 20 = every frame at once.
     inbound_chunk_ms: int = 40
     # While the caller is talking (a packet's energy over the noise floor) the
-    # chunks grow to this: a gRPC message per 40 ms of speech is a large share of
-    # the edge's CPU, and the extra delay only makes interims later (the first
-    # quiet packet hands on all that is pending, so the end of a turn is not
-    # delayed). inbound_chunk_ms (or less) = off.
+    # chunks grow to this; the first quiet packet hands on all that is pending,
+    # so the end of a turn is not delayed. Measured at 120: 58 % fewer messages
+    # to stt, -5 % edge CPU, audio inside speech 80 ms later at stt (and the
+    # interims the orchestrator prefetches on with it): off by default.
+    # inbound_chunk_ms (or less) = off.
     inbound_voiced_chunk_ms: int = 40
     # Asked of the caller in our answer (a=ptime): audio per packet it sends.
     # Browsers follow it; 40 ms halves the inbound packet rate (and its cost) for
