@@ -48,6 +48,11 @@ class BadRequest(Exception):
     """Invalid input from the caller: answered with INVALID_ARGUMENT."""
 
 
+def _window_s(pad_s: float) -> float:
+    """A padding setting as seconds to compare by (0 means the full 30 s window: the most)."""
+    return pad_s if pad_s > 0 else asr_mod.FULL_WINDOW_S
+
+
 class Engine:
     """The models and executors every stream of the process shares."""
 
@@ -76,10 +81,7 @@ class Engine:
         pad = {"interim": s.interim_pad_s, "speculative": s.pause_pad_s}.get(kind, s.encoder_pad_s)
         result = await self._decode_once(audio, prefix, kind, pad)
         metric("voxmesh_stt_decode_seconds").labels(kind).observe(result.seconds)
-        def window(pad_s: float) -> float:  # 0 = the full window
-            return pad_s if pad_s > 0 else asr_mod.FULL_WINDOW_S
-
-        shorter = window(pad) < window(s.encoder_pad_s)
+        shorter = _window_s(pad) < _window_s(s.encoder_pad_s)
         if kind == "speculative" and shorter and result.text.strip() and (
             not result.tail or result.tail[-1][1] < s.redecode_below
         ):
