@@ -36,6 +36,7 @@ test: system-deps-test install
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 bench: system-deps-test install
+	$(PIP) install -q pesq  # bench/codec's quality figure (ITU-T P.862.2); the tests don't need it
 	$(PY) bench/run_all.py
 
 install: $(STAMP) $(PROTO_STAMP) $(SMART_TURN)

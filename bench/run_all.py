@@ -14,6 +14,7 @@ BENCHES = [
     ["recovery/bench_recovery.py"],
     ["edge_capacity/edge_capacity_bench.py", "--sessions", "20,30", "--seconds", "12"],
     ["ring/ring_bench.py"],
+    ["codec/codec_bench.py"],
 ]
 
 

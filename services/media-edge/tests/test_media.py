@@ -531,19 +531,47 @@ def test_40_ms_packets_and_chunks_decode_to_640_samples():
     assert [f.pts for f in frames] == [640 * i for i in range(7)]
 
 
-async def test_40_ms_playout_packets_carry_two_frames_and_silence_is_cached():
+async def test_40_ms_playout_packets_carry_queued_audio_ahead_and_silence_in_20_ms_frames():
+    taken: list[int] = []
+    playout = Playout(lambda *a: None, lambda t: None)
+    playout.on_output = lambda pcm: taken.append(pcm.size)
+    track = PacedOpusTrack(playout, ptime_ms=40)
+    assert track.use_opus()
+    t = np.arange(48000 // 10)  # 100 ms of tone, then silence
+    playout.enqueue(Segment("a1", 0, (8000 * np.sin(2 * np.pi * 300 * t / 48000)).astype(np.int16), (0, 5), [], "hello", True))
+    dec = opus.Decoder(48000)
+    ticker = Ticker.of()
+    packets, sent_at = [], []
+    for _ in range(10):
+        packets.append(await track.recv())
+        sent_at.append(ticker.next_tick() - 1)  # the tick that was due when it left
+    # 100 ms: two packets of 40 ms, then 20 ms (nothing queued beyond it), then
+    # the encoder's decay and cached silence, 20 ms each
+    sizes = [dec.decode(bytes(p)).size for p in packets]
+    assert sizes == [1920, 1920] + [960] * 8
+    assert [p.pts for p in packets] == [0, 1920, 3840] + [3840 + 960 * i for i in range(1, 8)]
+    # each packet leaves when its FIRST frame is due: no delay added, the
+    # second frame goes out 20 ms ahead of its time
+    first = sent_at[0]
+    assert [k - first for k in sent_at] == [p.pts // 960 for p in packets]
+    assert len(bytes(packets[0])) > 20  # speech
+    assert bytes(packets[-1]) == track._silence and len(track._silence) <= 8  # cached silence
+    assert sum(taken) == 960 * 12  # ticks 0-11: the playout gave every frame once
+    track.stop()
+
+
+async def test_a_40_ms_packetizer_does_not_take_audio_that_is_not_queued_yet():
     playout = Playout(lambda *a: None, lambda t: None)
     track = PacedOpusTrack(playout, ptime_ms=40)
     assert track.use_opus()
-    t = np.arange(48000 // 5)  # 200 ms of tone, then silence
-    playout.enqueue(Segment("a1", 0, (8000 * np.sin(2 * np.pi * 300 * t / 48000)).astype(np.int16), (0, 5), [], "hello", True))
-    dec = opus.Decoder(48000)
-    packets = [await track.recv() for _ in range(15)]
-    assert [p.pts for p in packets] == [1920 * i for i in range(15)]
-    sizes = [dec.decode(bytes(p)).size for p in packets]
-    assert sizes == [1920] * 15
-    assert len(bytes(packets[0])) > 20  # speech
-    assert bytes(packets[-1]) == track._silence and len(track._silence) <= 8  # cached silence
+    playout.enqueue(Segment("a1", 0, tone(30), (0, 5), [], "hi", False))  # 30 ms: one frame and a half
+    p = await track.recv()
+    assert opus.Decoder(48000).decode(bytes(p)).size == 960  # the half frame is not padded ahead of time
+    playout.enqueue(Segment("a1", 1, tone(50), (0, 5), [], "there", True))  # the next chunk, in time
+    p = await track.recv()
+    assert p.pts == 960 and len(bytes(p)) > 20
+    playout.pause()  # a barge-in: nothing more is taken ahead
+    assert not playout.holds(1)
     track.stop()
 
 
@@ -585,12 +613,12 @@ async def test_dtx_sends_one_packet_per_interval_while_the_agent_is_silent():
     track.stop()
 
 
-def test_dtx_packets_for_40_ms_packets_and_codes_that_need_more_bytes():
+def test_dtx_packets_are_20_ms_with_40_ms_audio_packets_and_codes_that_need_more_bytes():
     playout = Playout(lambda *a: None, lambda t: None)
     track = PacedOpusTrack(playout, ptime_ms=40, dtx=True)
     assert track.use_opus()
     assert len(track._dtx_packet) == 1
-    assert opus.Decoder(48000).decode(track._dtx_packet).size == 1920  # two empty 20 ms frames
+    assert opus.Decoder(48000).decode(track._dtx_packet).size == 960  # one empty 20 ms frame
     assert dtx_packet(bytes([0b11111011, 2])) is None  # code 3: a frame count byte is needed
     assert dtx_packet(b"") is None
 
@@ -733,31 +761,31 @@ class EchoLog:
 
 @pytest.mark.parametrize("ptime_ms", [20, 40])
 async def test_an_idle_track_wakes_for_keepalives_only(ptime_ms):
-    per = ptime_ms // 20
     playout = Playout(lambda *a: None, lambda t: None)
     log = EchoLog(playout)
     track = PacedOpusTrack(playout, ptime_ms=ptime_ms, dtx=True, dtx_interval_ms=200)
     assert track.use_opus()
     log.guard.sync = track.catch_up
-    every = 200 // ptime_ms
+    every = 10  # ticks from one keep-alive to the next
     playout.enqueue(Segment("a1", 0, tone(100), (0, 5), [], "hello", True))
     sent = [await track.recv()]
     while len(bytes(sent[-1])) > 1:  # speech, the encoder's decay, the first DTX packet
         sent.append(await track.recv())
-    d = sent[-1].pts // (960 * per)  # its packet period
-    assert [p.pts for p in sent] == [960 * per * i for i in range(d + 1)] and d == -(-5 // per) + 5  # 100 ms of tone, then 5 of decay
-    ticker, base = track._ticker, track._tick - d * per
+    d = sent[-1].pts // 960  # its tick
+    speech = [0, 1, 2, 3, 4] if ptime_ms == 20 else [0, 2, 4]  # 100 ms of tone: 40 + 40 + 20 ms
+    assert [p.pts // 960 for p in sent] == speech + [5, 6, 7, 8, 9, 10] and d == 10  # then 5 of decay
+    ticker, base = track._ticker, track._tick - d
     sleeping = asyncio.ensure_future(track.recv())
     await asyncio.sleep(0.06)
     # The track waits on one tick only, the keep-alive's, not on the next ones.
     assert not sleeping.done()
-    assert [k for k, futs in ticker._waiters.items() if track._wake in futs] == [base + (d + every) * per + per - 1]
+    assert [k for k, futs in ticker._waiters.items() if track._wake in futs] == [base + d + every]
     p = await sleeping
-    assert p.pts == (d + every) * 960 * per and len(bytes(p)) == 1
-    # The periods in between reached the echo guard in one call, as silence.
-    assert log.events[-1 - per] == (every - 1) * per
-    assert all(not f.any() for f in log.events[-per:])
-    assert log.frames() == (d + every + 1) * per
+    assert p.pts == (d + every) * 960 and len(bytes(p)) == 1
+    # The ticks in between reached the echo guard in one call, as silence.
+    assert log.events[-2] == every - 1
+    assert not log.events[-1].any()
+    assert log.frames() == d + every + 1
     slow = log.fed_every_tick()
     assert np.array_equal(log.guard._ref, slow._ref) and log.guard._pos == slow._pos
     assert log.guard._audible_ticks == slow._audible_ticks

@@ -18,6 +18,13 @@ SILENCE = np.zeros(WEBRTC_FRAME_SAMPLES, np.int16)
 SILENCE.flags.writeable = False
 
 
+def nonzero(pcm: np.ndarray) -> bool:
+    """Any sample not zero: np.count_nonzero is ~3x cheaper than ndarray.any()
+    on a 20 ms frame (any() goes through a logical_or reduction), and this runs
+    for every frame of every session."""
+    return np.count_nonzero(pcm) > 0
+
+
 class Resampler:
     def __init__(self, in_rate: int, out_rate: int) -> None:
         self.in_rate, self.out_rate = in_rate, out_rate

@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from voxmesh_edge.audio import SILENCE, WEBRTC_FRAME_SAMPLES
+from voxmesh_edge.audio import SILENCE, WEBRTC_FRAME_SAMPLES, nonzero
 
 RATE = 16000
 FRAME_REF = WEBRTC_FRAME_SAMPLES // 3  # reference samples per 20 ms output frame
@@ -76,7 +76,7 @@ class EchoGuard:
             self._buf[self._pos :] = x[:k]
             self._buf[: n - k] = x[k:]
         self._pos = end % size
-        if pcm48.any():
+        if nonzero(pcm48):
             self._audible_ticks += 1
             self._zero_run = 0
         else:

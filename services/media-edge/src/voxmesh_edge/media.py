@@ -58,7 +58,7 @@ from aiortc.utils import random32, uint16_add, uint16_gt
 
 from voxmesh.core.metrics import metric
 from voxmesh_edge import opus
-from voxmesh_edge.audio import SILENCE, STT_RATE, WEBRTC_FRAME_SAMPLES, WEBRTC_RATE
+from voxmesh_edge.audio import SILENCE, STT_RATE, WEBRTC_FRAME_SAMPLES, WEBRTC_RATE, nonzero
 from voxmesh_edge.playout import Playout
 
 log = logging.getLogger(__name__)
@@ -306,9 +306,17 @@ class PacedOpusTrack(MediaStreamTrack):
         super().__init__()
         self.playout = playout
         self.bitrate, self.complexity, self.application = bitrate, complexity, application
-        # Opus packets of 20 or 40 ms (the latter only when encoding here): 40 ms
-        # halves the outbound packet rate for 20 ms more delay on agent audio.
-        self.frames_per_packet = 2 if ptime_ms >= 40 else 1
+        # Agent audio goes out in packets of up to ptime_ms (a multiple of 20 ms,
+        # at most 60; only when encoding here): a packet leaves when its FIRST
+        # frame is due, carrying the frames after it that the playout already
+        # holds (tts runs ahead of real time), so bigger packets add no delay
+        # to agent audio and none to the first audio of a reply. What they cost:
+        # a barge-in's pause cannot recall the (up to ptime_ms - 20 ms of) audio
+        # already sent ahead. What they save: per-packet work (a wake-up, RTP,
+        # SRTP, a sendto) for every 20 ms beyond the first. Silence and DTX go
+        # in 20 ms frames.
+        self.max_frames = max(1, min(3, ptime_ms // 20))
+        self._frames_sent = 1  # frames in the last packet (its period, in ticks)
         # Discontinuous transmission while the agent is silent (see recv): one
         # DTX packet, then one every dtx_interval_ms, nothing in between.
         self.dtx = dtx
@@ -341,7 +349,7 @@ class PacedOpusTrack(MediaStreamTrack):
         # The packet our encoder settles on for digital silence, made once with
         # the same settings (a few bytes: the decoder outputs silence from it).
         probe = opus.Encoder(WEBRTC_RATE, self.bitrate, self.complexity, application=self.application)
-        zeros = np.zeros(WEBRTC_FRAME_SAMPLES * self.frames_per_packet, np.int16)
+        zeros = np.zeros(WEBRTC_FRAME_SAMPLES, np.int16)
         for _ in range(self.SILENCE_SETTLE * 2):
             self._silence = probe.encode(zeros)
         self._dtx_packet = dtx_packet(self._silence)
@@ -386,39 +394,39 @@ class PacedOpusTrack(MediaStreamTrack):
         ticker = self._ticker
         if ticker is None:
             ticker = self._ticker = Ticker.of()
-        per = self.frames_per_packet if self._encoder is not None else 1
         if self._tick is None:
             self._tick = ticker.next_tick()
         else:
-            skip = self._skippable(per)
+            skip = self._skippable()
             if skip:
-                await self._sleep(ticker, per, skip)
+                await self._sleep(ticker, skip)
                 if self.readyState != "live":
                     raise MediaStreamError
-            self._tick += per
-        # A packet of `per` frames goes out when its LAST frame is due (its audio
-        # cannot be complete earlier, exactly as a 40 ms packetizer works).
-        due_tick = self._tick + per - 1
-        await ticker.wait(due_tick)
-        late = time.monotonic() - ticker.due(due_tick)
+            self._tick += self._frames_sent
+        await ticker.wait(self._tick)
+        late = time.monotonic() - ticker.due(self._tick)
         if late > 0.2:
             # Fell far behind (a stall): rejoin the grid now instead of
             # bursting out the missed frames.
-            self._tick = ticker.next_tick() - per
-        if per == 1:
-            pcm = self.playout.next_frame()
-            if self.playout.on_output is not None:
-                self.playout.on_output(pcm)
-            audible = pcm is not SILENCE and bool(pcm.any())
-        else:
-            parts = []
-            for _ in range(per):
-                part = self.playout.next_frame()
-                if self.playout.on_output is not None:
-                    self.playout.on_output(part)
+            self._tick = ticker.next_tick() - 1
+        playout = self.playout
+        pcm = playout.next_frame()
+        if playout.on_output is not None:
+            playout.on_output(pcm)
+        audible = pcm is not SILENCE and nonzero(pcm)
+        per = 1
+        if audible and self._encoder is not None and self.max_frames > 1 \
+                and playout.holds((self.max_frames - 1) * WEBRTC_FRAME_SAMPLES):
+            # the next frames are queued already: they go in this packet
+            parts = [pcm]
+            for _ in range(self.max_frames - 1):
+                part = playout.next_frame()
+                if playout.on_output is not None:
+                    playout.on_output(part)
                 parts.append(part)
             pcm = np.concatenate(parts)
-            audible = any(part is not SILENCE for part in parts) and bool(pcm.any())
+            per = self.max_frames
+        self._frames_sent = per
         self._stats.frames(audible, per)
         pts = self._n * WEBRTC_FRAME_SAMPLES
         self._n += per
@@ -440,7 +448,7 @@ class PacedOpusTrack(MediaStreamTrack):
                 data = self._silence
             else:
                 # The first DTX packet, then one every dtx_interval_ms.
-                every = max(1, self.dtx_interval_ms // (20 * per))
+                every = max(1, self.dtx_interval_ms // 20)
                 self._in_dtx = True
                 if (self._zeros - self.SILENCE_SETTLE - 1) % every:
                     return None  # nothing sent: no lateness to speak of
@@ -465,30 +473,30 @@ class PacedOpusTrack(MediaStreamTrack):
     # (pts), the DTX count, the frame counter and the echo guard's history
     # (Playout.on_silence) come out exactly as with a wake-up every tick.
 
-    def _skippable(self, per: int) -> int:
-        """Packet periods from now on that would send nothing and that nothing
-        but a wake-up can change: 0 unless in a DTX gap with an idle playout."""
+    def _skippable(self) -> int:
+        """Ticks from now on that would send nothing and that nothing but a
+        wake-up can change: 0 unless in a DTX gap with an idle playout."""
         if self._encoder is None or not self.dtx or self._dtx_packet is None or \
                 self._zeros < self.SILENCE_SETTLE or not self.playout.idle:
             return 0
-        every = max(1, self.dtx_interval_ms // (20 * per))
-        # The packet after the one with `_zeros` silent packets is a keep-alive
+        every = max(1, self.dtx_interval_ms // 20)
+        # The tick after the one with `_zeros` silent frames is a keep-alive
         # when (_zeros - SILENCE_SETTLE) % every == 0 (see _next).
         return (self.SILENCE_SETTLE - self._zeros) % every
 
-    async def _sleep(self, ticker: Ticker, per: int, skip: int) -> None:
-        """Sleep through `skip` packet periods: until the keep-alive after them
-        is due, the playout has audio again, or the track stops."""
+    async def _sleep(self, ticker: Ticker, skip: int) -> None:
+        """Sleep through `skip` ticks: until the keep-alive after them is due,
+        the playout has audio again, or the track stops."""
         fut = asyncio.get_running_loop().create_future()
         self._wake, self._skip_left = fut, skip
         self.playout.on_wake = self._wake_up
-        ticker.arm(self._tick + per * (skip + 1) + per - 1, fut)
+        ticker.arm(self._tick + skip + 1, fut)
         try:
             await fut
         finally:
             self.playout.on_wake = None
             self._wake = None
-            # Woken by the keep-alive's tick: every skipped period is due (all
+            # Woken by the keep-alive's tick: every skipped tick is due (all
             # of them, even if the timer ran a hair early); by the playout:
             # _wake_up accounted what was due and left none.
             self._account(self._skip_left)
@@ -508,15 +516,15 @@ class PacedOpusTrack(MediaStreamTrack):
         guard's history is read (EchoGuard.sync)."""
         if not self._skip_left:
             return
-        # period j after self._tick is due at tick self._tick + per * (j + 1) - 1
-        due = (self._ticker.next_tick() - self._tick) // self.frames_per_packet - 1
+        # skipped tick j (from 0) after self._tick is tick self._tick + j + 1
+        due = self._ticker.next_tick() - self._tick - 1
         self._account(min(self._skip_left, due))
 
     def _account(self, k: int) -> None:
-        """k skipped packet periods, as silence."""
+        """k skipped ticks, as silence."""
         if k <= 0:
             return
-        frames = self.frames_per_packet * k
+        frames = k
         self._skip_left -= k
         self._tick += frames
         self._n += frames

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from voxmesh_edge.audio import nonzero
 from voxmesh_edge.echo import EchoGuard
 
 RATE = 16000
@@ -90,7 +91,7 @@ class OnsetDetector:
 
     def feed(self, pcm: np.ndarray) -> int | None:
         if self.skip_digital_silence and pcm.size and pcm[0] == 0 and pcm[-1] == 0 \
-                and not self._rest.size and not pcm.size % self._win and not pcm.any():
+                and not self._rest.size and not pcm.size % self._win and not nonzero(pcm):
             return self._digital_silence(pcm.size)
         r = self._recent
         if pcm.size >= r.size:

@@ -102,6 +102,18 @@ class Playout:
         pending."""
         return not self._fade_out_pending and (self.paused or not self._queue)
 
+    def holds(self, samples: int) -> bool:
+        """At least `samples` more are queued to play back to back from the
+        next frame on (not paused, no fade-out pending): a packetizer may take
+        them ahead of their time."""
+        if self.paused or self._fade_out_pending:
+            return False
+        for seg in self._queue:
+            samples -= seg.pcm.size - seg.pos
+            if samples <= 0:
+                return True
+        return False
+
     def is_audible(self) -> bool:
         """Agent audio is going out right now (or is queued and not paused)."""
         return bool(self._queue) and not self.paused

@@ -68,8 +68,10 @@ class ReplyAudio:
     task: asyncio.Task | None = None
     call: object = None
     last_report: dict[int, tuple[int, float]] = field(default_factory=dict)
-    # The latest Playback per clause, re-sent to a new orchestrator stream.
-    reports: dict[int, opb.Playback] = field(default_factory=dict)
+    # The latest playback per clause, (heard_chars, played_ms, clause_done),
+    # re-sent to a new orchestrator stream (see playback()). Updated on every
+    # frame played, so kept as a tuple, not a message.
+    reports: dict[int, tuple[int, int, bool]] = field(default_factory=dict)
     # Synthesized ahead of the turn commit: audio is held here, unplayed,
     # until the orchestrator commits (or discards) the reply.
     provisional: bool = False
@@ -77,6 +79,11 @@ class ReplyAudio:
 
     def all_played(self) -> bool:
         return self.end_of_reply and all(c in self.played for c in self.clauses)
+
+    def playback(self, clause_id: int) -> opb.EdgeEvent:
+        heard, played_ms, done = self.reports[clause_id]
+        return opb.EdgeEvent(playback=opb.Playback(
+            turn_id=self.turn_id, clause_id=clause_id, heard_chars=heard, played_ms=played_ms, clause_done=done))
 
 
 class EdgeSession:
@@ -629,7 +636,7 @@ class EdgeSession:
             if ev.WhichOneof("event") != "speech":
                 queued.append(ev)
         replay = [ev for events in self._unacked.values() for ev in events]
-        replay += [pb for reply in self.replies.values() for pb in (opb.EdgeEvent(playback=r) for r in reply.reports.values())]
+        replay += [reply.playback(c) for reply in self.replies.values() for c in reply.reports]
         return replay + queued
 
     async def _converse(self, resumed: bool) -> None:
@@ -792,12 +799,10 @@ class EdgeSession:
         due = last is None or (heard != last[0] and now - last[1] >= self.settings.playback_report_ms / 1000)
         if clause_done:
             reply.played.add(clause_id)
-        pb = reply.reports[clause_id] = opb.Playback(
-            turn_id=turn_id, clause_id=clause_id, heard_chars=heard, played_ms=played_ms, clause_done=clause_done
-        )
+        reply.reports[clause_id] = (heard, played_ms, clause_done)
         if due or clause_done:
             reply.last_report[clause_id] = (heard, now)
-            self.to_orchestrator.put_nowait(opb.EdgeEvent(playback=pb))
+            self.to_orchestrator.put_nowait(reply.playback(clause_id))
         if clause_done:
             self._maybe_reply_done(reply)
 

@@ -104,10 +104,15 @@ class EdgeSettings:
     fast_media: bool = True
     # Outgoing agent audio: mono Opus at this bitrate. "audio" (CELT) costs about
     # a third of the CPU of "voip" (SILK/hybrid) at 32 kb/s; "voip" is better
-    # below ~24 kb/s. Complexity 0-10 trades encoder CPU for quality.
+    # below ~24 kb/s. Complexity 0-10 trades encoder CPU for quality. Measured
+    # on Piper speech at 32 kb/s (bench/codec/codec_bench.py: us per 20 ms
+    # frame, wideband PESQ as the mean of 12 encodings): 0: 48 us, 4.11;
+    # 2-4: 68-73 us, 4.07-4.08; 5-6: 95 us, 4.20 (the pitch pre-filter);
+    # 7-10: ~355 us, 4.52 (speech goes to SILK/hybrid). 0 halves the encoder,
+    # the edge's largest single cost while the agent talks, for -0.09 PESQ.
     opus_bitrate: int = 32000
     opus_application: str = "audio"
-    opus_complexity: int = 6
+    opus_complexity: int = 0
     # Incoming audio waits at most this many frames (x 20 ms) for a missing
     # packet before concealing it; in-order packets are never held.
     reorder_frames: int = 2
@@ -143,9 +148,13 @@ class EdgeSettings:
     # only stt's clock needs it.
     inbound_dtx_fine_ms: int = 2500
     inbound_dtx_chunk_ms: int = 400
-    # Agent audio per packet we send: 20, or 40 to halve the outbound packet
-    # rate for 20 ms more delay on every reply.
-    playout_ptime_ms: int = 20
+    # Agent audio per packet we send, at most (20, 40 or 60): a packet leaves
+    # when its first 20 ms are due and carries the audio after it that tts has
+    # already delivered, so 40 adds no delay (first audio included) and halves
+    # the per-packet cost (wake-up, RTP, SRTP, sendto) while the agent talks;
+    # what it costs is that a barge-in cannot recall the <= 20 ms sent ahead.
+    # Silence and DTX go in 20 ms frames.
+    playout_ptime_ms: int = 40
     # Opus DTX while the agent is silent (fast path): after the encoder's decay,
     # one DTX packet (the TOC byte alone) and then one every
     # playout_dtx_interval_ms instead of a packet every 20 ms; RTP timestamps
