@@ -18,7 +18,7 @@ from av import AudioFrame
 
 from voxmesh.core.webrtc import configure_ice_hosts
 from voxmesh_edge import opus
-from voxmesh_edge.media import FastReceiver, FastSender, PacedOpusTrack, ReorderBuffer, Ticker, accelerate, dtx_packet
+from voxmesh_edge.media import DirectRtp, FastReceiver, FastSender, PacedOpusTrack, ReorderBuffer, Ticker, accelerate, dtx_packet
 from voxmesh_edge.playout import Playout, Segment
 
 pytestmark = pytest.mark.skipif(not opus.available(), reason="libopus not found")
@@ -126,7 +126,7 @@ async def test_a_call_on_the_fast_path_both_ways():
     track = PacedOpusTrack(playout)
     caller, edge, transceiver = await offer_to_edge(track)
     did = accelerate(transceiver, track, reorder_frames=2, chunk_ms=40)
-    assert did == {"receiver": True, "encoder": True, "sender": True}
+    assert did == {"receiver": True, "direct_rtp": True, "encoder": True, "sender": True}
     assert isinstance(transceiver.receiver, FastReceiver)
     inbound: list = []
     outbound: list = []
@@ -158,6 +158,17 @@ async def test_a_call_on_the_fast_path_both_ways():
     pts = [f.pts for f in inbound]
     assert pts == sorted(pts) and all(b - a == 640 for a, b in zip(pts, pts[1:]))  # contiguous
     assert transceiver.receiver._RTCRtpReceiver__jitter_buffer.lost == 0
+    # Its SRTP packets were handled in the socket's callback, with aiortc's
+    # counters and RTCP statistics kept as its own path keeps them.
+    dtls = transceiver.receiver.transport
+    direct = dtls.transport._connection.data_received.__self__
+    assert isinstance(direct, DirectRtp) and direct.handled >= len(inbound) * 2 - 4  # 20 ms packets, 40 ms chunks
+    (stats,) = transceiver.receiver._RTCRtpReceiver__remote_streams.values()
+    assert stats.packets_received >= direct.handled - 2
+    assert dtls._RTCDtlsTransport__rx_packets >= direct.handled
+    # A packet that is not valid SRTP is dropped, as aiortc drops it; nothing raises.
+    direct.data_received(bytes([0x80, 111]) + bytes(40), 1)
+    assert not direct._failed
     # The caller heard the agent's tone (decoded from our packets) between silences.
     levels = [float(np.sqrt(np.mean(f.to_ndarray().astype(np.float32) ** 2))) for f in outbound]
     assert max(levels) > 2000 and min(levels) < 50

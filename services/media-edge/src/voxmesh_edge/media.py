@@ -17,6 +17,9 @@ Here, per session:
   recognizer that needs complete, ordered audio, not evenly spaced audio. So
   the only wait left is for a missing packet, at most `reorder_frames` frames;
   then the gap is concealed (libopus PLC), keeping the audio clock exact.
+  And an SRTP packet is handled in the socket's own callback (`DirectRtp`):
+  stock aiortc queues every datagram for the DTLS transport's task, which
+  wakes per packet and walks five coroutines to reach the receiver.
 - Outbound: `PacedOpusTrack` hands the sender Opus packets it encoded inline
   (aiortc packs a pre-encoded av.Packet without its executor): mono at a voice
   bitrate rather than aiortc's stereo 96 kb/s, and silence (the agent is quiet
@@ -51,8 +54,12 @@ from typing import Self
 
 import av
 import numpy as np
+import pylibsrtp
+from aiortc import clock
+from aiortc.codecs import is_rtx
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
-from aiortc.rtcrtpreceiver import RTCRtpReceiver
+from aiortc.rtcrtpreceiver import RTCRtpReceiver, StreamStatistics
+from aiortc.rtp import RtpPacket
 from aiortc.rtcrtpsender import RTCRtpSender, random_sequence_number
 from aiortc.utils import random32, uint16_add, uint16_gt
 
@@ -66,7 +73,8 @@ log = logging.getLogger(__name__)
 FRAME_S = 0.020
 _P = "_RTCRtpReceiver__"  # aiortc's name-mangled receiver internals
 _RECEIVER_ATTRS = ("codecs", "rtx_ssrc", "transport", "started", "kind", "jitter_buffer", "decoder_queue",
-                   "decoder_thread", "rtcp_task", "timestamp_mapper")
+                   "decoder_thread", "rtcp_task", "timestamp_mapper", "active_ssrc", "remote_streams")
+_D = "_RTCDtlsTransport__"  # aiortc's name-mangled DTLS transport internals
 
 
 # -- packetization ------------------------------------------------------------
@@ -1098,6 +1106,99 @@ class FastReceiver(RTCRtpReceiver):
         setattr(self, _P + "rtcp_task", asyncio.ensure_future(self._run_rtcp()))
         setattr(self, _P + "started", True)
 
+    def handle_rtp_now(self, packet: RtpPacket) -> None:
+        """aiortc's `_handle_rtp_packet` for this receiver, as a plain call (see
+        DirectRtp): for audio nothing in it waits (no bitrate estimator, no
+        NACK, no PLI), and what it keeps is kept the same way (the sources
+        seen, the statistics its RTCP receiver reports carry), then the packet
+        goes to the reorder buffer and the inline decoder."""
+        if not self._enabled:
+            return
+        getattr(self, _P + "active_ssrc")[packet.ssrc] = clock.current_datetime()
+        codec = getattr(self, _P + "codecs").get(packet.payload_type)
+        if codec is None:
+            return
+        if is_rtx(codec):  # audio negotiates no RTX; if it ever does, aiortc's own path unwraps it
+            asyncio.ensure_future(self._handle_rtp_packet(packet, arrival_time_ms=clock.current_ms()))
+            return
+        streams = getattr(self, _P + "remote_streams")
+        stats = streams.get(packet.ssrc)
+        if stats is None:
+            stats = streams[packet.ssrc] = StreamStatistics(codec.clockRate)
+        stats.add(packet)
+        packet._data = packet.payload  # audio: the payload is the frame (aiortc's depayload)
+        _, batch = getattr(self, _P + "jitter_buffer").add(packet)
+        if batch is not None:
+            batch.timestamp = getattr(self, _P + "timestamp_mapper").map(batch.timestamp)
+            getattr(self, _P + "decoder_queue").put((codec, batch))
+
+
+class DirectRtp:
+    """Handles a session's SRTP packets in the UDP socket's callback.
+
+    Stock aiortc puts every datagram in the ICE connection's asyncio.Queue; the
+    DTLS transport's task wakes for each one and awaits its way through
+    Connection.recv, recvfrom, Queue.get, _recv_next, _handle_rtp_data and the
+    receiver's _handle_rtp_packet before the packet reaches the decoder. Here
+    the ICE connection's `data_received` (what its socket protocol calls for
+    every datagram that is not STUN) unprotects and parses an SRTP packet at
+    once and calls the receiver (FastReceiver.handle_rtp_now): the same steps,
+    with the same counters, minus the queue, the wake-up and the coroutines.
+
+    Everything else goes the stock way, in order: DTLS, SRTCP (rare, and
+    handled by aiortc's async RTCP code), packets before the DTLS handshake
+    has set up SRTP, and any packet while the queue still holds datagrams
+    (so none overtakes one queued before it)."""
+
+    def __init__(self, dtls) -> None:
+        self._dtls = dtls
+        self._connection = dtls.transport._connection
+        self._queued = self._connection.data_received  # the stock path
+        self._queue = self._connection._queue
+        self._failed = False
+        self.handled = 0  # SRTP packets handled here
+
+    @staticmethod
+    def supported(dtls) -> bool:
+        connection = getattr(getattr(dtls, "transport", None), "_connection", None)
+        return connection is not None and hasattr(connection, "data_received") \
+            and isinstance(getattr(connection, "_queue", None), asyncio.Queue) \
+            and all(hasattr(dtls, a) for a in ("_rx_srtp", "_rtp_router", "_rtp_header_extensions_map",
+                                                _D + "rx_bytes", _D + "rx_packets"))
+
+    def install(self) -> None:
+        self._connection.data_received = self.data_received
+
+    def data_received(self, data: bytes, component: int) -> None:
+        srtp = self._dtls._rx_srtp
+        # RFC 5764 5.1.2: 128-191 is RTP or RTCP; RTCP packet types are 192-208 (is_rtcp)
+        if srtp is None or len(data) < 12 or not 127 < data[0] < 192 or 191 < data[1] < 209 \
+                or not self._queue.empty():
+            self._queued(data, component)
+            return
+        self.handled += 1
+        try:
+            self._rtp(srtp, data)
+        except Exception:  # a bad packet (or a bug) must not reach the socket's callback
+            if not self._failed:
+                self._failed = True
+                log.exception("direct RTP handling failed (logged once per session)")
+
+    def _rtp(self, srtp, data: bytes) -> None:
+        dtls = self._dtls
+        setattr(dtls, _D + "rx_bytes", getattr(dtls, _D + "rx_bytes") + len(data))
+        setattr(dtls, _D + "rx_packets", getattr(dtls, _D + "rx_packets") + 1)
+        try:
+            data = srtp.unprotect(data)
+            packet = RtpPacket.parse(data, dtls._rtp_header_extensions_map)
+        except (pylibsrtp.Error, ValueError):
+            return  # as aiortc: dropped (a replay, a bad tag, a malformed header)
+        receiver = dtls._rtp_router.route_rtp(packet)
+        if type(receiver) is FastReceiver:
+            receiver.handle_rtp_now(packet)
+        elif receiver is not None:
+            asyncio.ensure_future(receiver._handle_rtp_packet(packet, arrival_time_ms=clock.current_ms()))
+
 
 def _receiver_supported(receiver: RTCRtpReceiver) -> bool:
     return type(receiver) is RTCRtpReceiver and all(hasattr(receiver, _P + a) for a in _RECEIVER_ATTRS) \
@@ -1116,10 +1217,11 @@ def accelerate(transceiver, track: PacedOpusTrack, reorder_frames: int = 2, chun
     seconds when the answer will ask the caller for DTX, `settled` whether no
     user turn is open at stt (see InlineDecoder).
     Returns what it did ("receiver": inbound audio is decoded here, and `tap`
-    sees every packet;
+    sees every packet; "direct_rtp": its SRTP packets are handled in the
+    socket's callback (DirectRtp);
     "encoder": agent audio is encoded here; "sender": FastSender sends it)."""
     global _warned
-    did = {"receiver": False, "encoder": False, "sender": False}
+    did = {"receiver": False, "direct_rtp": False, "encoder": False, "sender": False}
     receiver = transceiver.receiver
     if _receiver_supported(receiver) and not getattr(receiver, _P + "started"):
         receiver.__class__ = FastReceiver  # same layout: only receive() differs
@@ -1130,6 +1232,11 @@ def accelerate(transceiver, track: PacedOpusTrack, reorder_frames: int = 2, chun
         receiver.voiced_chunk_frames = voiced_chunk_ms // 20
         receiver.settled = settled
         did["receiver"] = True
+        dtls = receiver.transport
+        if DirectRtp.supported(dtls):
+            if not isinstance(getattr(dtls.transport._connection.data_received, "__self__", None), DirectRtp):
+                DirectRtp(dtls).install()  # once per transport (transceivers share it)
+            did["direct_rtp"] = True
     elif not _warned:
         _warned = True
         log.warning("aiortc receiver internals not as expected: stock receive path (decoder thread)")
