@@ -735,7 +735,7 @@ def test_an_idle_playout_tick_is_the_shared_silence_and_the_echo_guard_records_i
 
 
 class EchoLog:
-    """What the playout hands the echo guard, in order: frames one by one
+    """What the playout hands the echo guard, in order: each packet's frames
     (on_output) and skipped silent ticks in one call (on_silence)."""
 
     def __init__(self, playout: Playout):
@@ -755,7 +755,7 @@ class EchoLog:
         self.guard.silence(frames)
 
     def frames(self) -> int:
-        return sum(e if isinstance(e, int) else 1 for e in self.events)
+        return sum(e if isinstance(e, int) else e.size // 960 for e in self.events)
 
     def fed_every_tick(self):
         """A guard given the same output with a write every tick, as before."""
@@ -765,8 +765,8 @@ class EchoLog:
         for e in self.events:
             for _ in range(e if isinstance(e, int) else 0):
                 slow.played(np.zeros(960, np.int16))
-            if not isinstance(e, int):
-                slow.played(e)
+            for k in range(0 if isinstance(e, int) else e.size // 960):
+                slow.played(e[k * 960 : (k + 1) * 960])  # a packet of several frames, a frame at a time
         return slow
 
 

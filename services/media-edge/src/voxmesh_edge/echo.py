@@ -60,8 +60,9 @@ class EchoGuard:
         return np.concatenate((self._buf[start:], self._buf[: self._pos]))
 
     def played(self, pcm48: np.ndarray) -> None:
-        """Record one tick of output (48 kHz). Decimation without a filter is
-        enough for correlating speech envelopes and costs nothing per tick."""
+        """Record output (48 kHz): one tick, or several in one packet.
+        Decimation without a filter is enough for correlating speech envelopes
+        and costs nothing per tick."""
         if pcm48 is SILENCE:
             # an idle playout's tick is the shared SILENCE frame: known silent, not scanned
             self.silence(1)
@@ -76,11 +77,12 @@ class EchoGuard:
             self._buf[self._pos :] = x[:k]
             self._buf[: n - k] = x[k:]
         self._pos = end % size
+        ticks = max(1, pcm48.size // WEBRTC_FRAME_SAMPLES)
         if nonzero(pcm48):
-            self._audible_ticks += 1
+            self._audible_ticks += ticks
             self._zero_run = 0
         else:
-            self._audible_ticks = max(0, self._audible_ticks - 1)
+            self._audible_ticks = max(0, self._audible_ticks - ticks)
             self._zero_run = min(size, self._zero_run + n)
 
     def silence(self, frames: int) -> None:

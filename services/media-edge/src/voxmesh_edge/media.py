@@ -418,22 +418,15 @@ class PacedOpusTrack(MediaStreamTrack):
             # bursting out the missed frames.
             self._tick = ticker.next_tick() - 1
         playout = self.playout
-        pcm = playout.next_frame()
+        per = 1
+        if self.max_frames > 1 and self._encoder is not None and playout.holds(self.max_frames * WEBRTC_FRAME_SAMPLES):
+            # This frame's audio and the next ones' are queued already: they
+            # all go in this packet, taken in one step.
+            per = self.max_frames
+        pcm = playout.next_frame(per)
         if playout.on_output is not None:
             playout.on_output(pcm)
         audible = pcm is not SILENCE and nonzero(pcm)
-        per = 1
-        if audible and self._encoder is not None and self.max_frames > 1 \
-                and playout.holds((self.max_frames - 1) * WEBRTC_FRAME_SAMPLES):
-            # the next frames are queued already: they go in this packet
-            parts = [pcm]
-            for _ in range(self.max_frames - 1):
-                part = playout.next_frame()
-                if playout.on_output is not None:
-                    playout.on_output(part)
-                parts.append(part)
-            pcm = np.concatenate(parts)
-            per = self.max_frames
         self._frames_sent = per
         self._stats.frames(audible, per)
         pts = self._n * WEBRTC_FRAME_SAMPLES

@@ -153,9 +153,11 @@ class Playout:
         if not self._queue:
             self.paused = False
 
-    def next_frame(self) -> np.ndarray:
-        """The next 20 ms of output (audio.SILENCE, read-only, when idle or paused)."""
-        n = WEBRTC_FRAME_SAMPLES
+    def next_frame(self, frames: int = 1) -> np.ndarray:
+        """The next 20 ms of output (audio.SILENCE, read-only, when idle or
+        paused), or the next `frames` x 20 ms in one step (a packetizer that
+        checked `holds` first: one progress report for all of it)."""
+        n = WEBRTC_FRAME_SAMPLES * frames
         if self._fade_out_pending:
             # One short ramp from where the audio was, then silence.
             self._fade_out_pending = False
@@ -167,7 +169,7 @@ class Playout:
                 self.on_stopped()
             return out
         if self.paused or not self._queue:
-            return SILENCE
+            return SILENCE if frames == 1 else np.zeros(n, np.int16)
         out = self._take(n, report=True)
         if self._fade_in:
             self._fade_in = False
