@@ -542,6 +542,23 @@ def test_40_ms_packets_and_chunks_decode_to_640_samples():
     assert [f.pts for f in frames] == [640 * i for i in range(7)]
 
 
+def test_a_sink_takes_the_chunks_and_the_track_queue_only_its_end():
+    from types import SimpleNamespace
+
+    from voxmesh_edge.media import InlineDecoder, _Batch
+
+    q: asyncio.Queue = asyncio.Queue()
+    got: list[np.ndarray] = []
+    dec = InlineDecoder(q, chunk_frames=2, sink=got.append)
+    enc = opus.Encoder(48000, 32000)
+    codec = SimpleNamespace(name="opus")
+    for i in range(6):
+        dec.put((codec, _Batch(i * 960, [(i * 960, enc.encode(tone(20)))])))
+    assert [c.size for c in got] == [640] * 3 and q.empty()
+    dec.put(None)
+    assert q.get_nowait() is None and q.empty()
+
+
 async def test_40_ms_playout_packets_carry_queued_audio_ahead_and_silence_in_20_ms_frames():
     taken: list[int] = []
     playout = Playout(lambda *a: None, lambda t: None)

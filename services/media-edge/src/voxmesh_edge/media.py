@@ -747,6 +747,10 @@ class InlineDecoder:
     not wait for it, since the first quiet packet hands on everything pending
     at once, and the pause that ends a turn is quiet.
 
+    `sink`, when set, takes each chunk's PCM in a plain call instead of the
+    track's queue (the session's inbound handler: no task wake-up per chunk);
+    the end of the track still goes to the queue (None).
+
     `tap`, when set, sees every decoded packet's PCM at once, before chunking:
     the session's barge-in onset detector (voxmesh_edge.onset) runs there, so
     the chunk size adds nothing to the time the agent takes to stop.
@@ -803,8 +807,10 @@ class InlineDecoder:
                  tap: Callable[[np.ndarray], None] | None = None, *, voiced_chunk_frames: int = 0,
                  filler: DtxFiller | None = None, settled: Callable[[], bool] | None = None,
                  dtx_fine_s: float = 2.5, dtx_chunk_s: float = 0.4,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 sink: Callable[[np.ndarray], None] | None = None) -> None:
         self._out = output
+        self._sink = sink
         self._rate = rate
         self._tb = fractions.Fraction(1, rate)
         self._codec_name: str | None = None
@@ -975,7 +981,10 @@ class InlineDecoder:
             return
         pcm = self._pending[0] if len(self._pending) == 1 else np.concatenate(self._pending)
         self._pending, self._pending_n = [], 0
-        self._out.put_nowait(PcmFrame(pcm, self._pts, self._rate, self._tb))
+        if self._sink is not None:
+            self._sink(pcm)
+        else:
+            self._out.put_nowait(PcmFrame(pcm, self._pts, self._rate, self._tb))
         self._pts += pcm.size
 
 
@@ -1076,6 +1085,7 @@ class FastReceiver(RTCRtpReceiver):
     # caller's gaps on in real time (InlineDecoder.fill_live); None: at the next packet
     live_dtx: tuple[float, float] | None = None
     settled: Callable[[], bool] | None = None  # see InlineDecoder
+    sink: Callable[[np.ndarray], None] | None = None  # see InlineDecoder
 
     async def receive(self, parameters) -> None:
         if getattr(self, _P + "started") or getattr(self, _P + "kind") != "audio":
@@ -1092,7 +1102,7 @@ class FastReceiver(RTCRtpReceiver):
         setattr(self, _P + "decoder_queue", InlineDecoder(
             self._track._queue, chunk_frames=self.chunk_frames, tap=self.tap,
             voiced_chunk_frames=self.voiced_chunk_frames, settled=self.settled,
-            filler=DtxFiller.of() if live else None,
+            filler=DtxFiller.of() if live else None, sink=self.sink,
             **({"dtx_fine_s": live[0], "dtx_chunk_s": live[1]} if live else {})))
         setattr(self, _P + "decoder_thread", _NoThread())
         getattr(self, _P + "transport")._register_rtp_receiver(self, parameters)
@@ -1204,11 +1214,13 @@ _warned = False
 def accelerate(transceiver, track: PacedOpusTrack, reorder_frames: int = 2, chunk_ms: int = 20,
                tap: Callable[[np.ndarray], None] | None = None,
                live_dtx: tuple[float, float] | None = None, voiced_chunk_ms: int = 0,
-               settled: Callable[[], bool] | None = None) -> dict[str, bool]:
+               settled: Callable[[], bool] | None = None,
+               sink: Callable[[np.ndarray], None] | None = None) -> dict[str, bool]:
     """Put one session's audio transceiver on the fast path, after the remote
     offer is applied and before the transport starts. `live_dtx`: (fine, chunk)
     seconds when the answer will ask the caller for DTX, `settled` whether no
-    user turn is open at stt (see InlineDecoder).
+    user turn is open at stt, `sink` takes the 16 kHz chunks instead of the
+    receiver's track (see InlineDecoder).
     Returns what it did ("receiver": inbound audio is decoded here, and `tap`
     sees every packet; "direct_rtp": its SRTP packets are handled in the
     socket's callback (DirectRtp);
@@ -1224,6 +1236,7 @@ def accelerate(transceiver, track: PacedOpusTrack, reorder_frames: int = 2, chun
         receiver.live_dtx = live_dtx
         receiver.voiced_chunk_frames = voiced_chunk_ms // 20
         receiver.settled = settled
+        receiver.sink = sink
         did["receiver"] = True
         dtls = receiver.transport
         if DirectRtp.supported(dtls):

@@ -199,7 +199,7 @@ class EdgeSession:
                              tap=self._listen_for_bargein if self.onset is not None else None,
                              live_dtx=(st.inbound_dtx_fine_ms / 1000, st.inbound_dtx_chunk_ms / 1000)
                              if st.inbound_dtx else None, voiced_chunk_ms=st.inbound_voiced_chunk_ms,
-                             settled=lambda: self._turn_open is None)
+                             settled=lambda: self._turn_open is None, sink=self._inbound_audio)
             # The fast receiver hands every packet to the detector as it is
             # decoded, before the 40 ms chunking.
             self._onset_in_read = not did["receiver"]
@@ -272,6 +272,9 @@ class EdgeSession:
         return self._last_frame_wall - (now_ms - offset_ms) / 1000
 
     async def _read_track(self, track) -> None:
+        """The caller's audio from its track (stock receive path); on the fast
+        path the receiver hands it to _inbound_audio itself and the track only
+        says when it ends."""
         resample = Resampler(WEBRTC_RATE, STT_RATE)
         while True:
             try:
@@ -281,16 +284,19 @@ class EdgeSession:
             if frame.sample_rate != resample.in_rate:
                 resample = Resampler(frame.sample_rate, STT_RATE)
             pcm = resample(frame_to_mono(frame))
-            if pcm.size == 0:
-                continue
-            if self._onset_in_read and self.onset is not None:
-                self._listen_for_bargein(pcm)
-            data = pcm.tobytes()
-            self._samples_in += pcm.size
-            self._last_frame_wall = time.monotonic()
-            self._keep_for_replay(data)
-            self.inbound.put_nowait(data)
+            if pcm.size:
+                self._inbound_audio(pcm)
         self.inbound.put_nowait(None)
+
+    def _inbound_audio(self, pcm: np.ndarray) -> None:
+        """16 kHz mono from the caller: to stt's queue, and kept for a replay."""
+        if self._onset_in_read and self.onset is not None:
+            self._listen_for_bargein(pcm)
+        data = pcm.tobytes()
+        self._samples_in += pcm.size
+        self._last_frame_wall = time.monotonic()
+        self._keep_for_replay(data)
+        self.inbound.put_nowait(data)
 
     def _keep_for_replay(self, data: bytes) -> None:
         self._turn_audio += data
