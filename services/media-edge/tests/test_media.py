@@ -923,3 +923,29 @@ def test_playout_metrics_are_published_per_tick_with_the_histograms_own_buckets(
 
     assert frames("audio", after[names[2]]) - frames("audio", before[names[2]]) == 4
     assert frames("silence", after[names[2]]) - frames("silence", before[names[2]]) == 7
+
+
+@pytest.mark.parametrize("csrc,padding", [([], 0), ([7, 8], 0), ([], 5), ([9], 3)])
+def test_the_fast_rtp_header_reads_what_aiortc_reads(csrc, padding):
+    from aiortc.rtcrtpparameters import RTCRtpHeaderExtensionParameters, RTCRtpParameters
+    from aiortc.rtp import HeaderExtensionsMap, RtpPacket
+
+    from voxmesh_edge.media import RtpHeader
+
+    extensions = HeaderExtensionsMap()
+    extensions.configure(RTCRtpParameters(headerExtensions=[
+        RTCRtpHeaderExtensionParameters(id=1, uri="urn:ietf:params:rtp-hdrext:sdes:mid"),
+        RTCRtpHeaderExtensionParameters(id=3, uri="http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time")]))
+    for with_extensions in (False, True):
+        packet = RtpPacket(payload_type=111, marker=1, sequence_number=65000, timestamp=4000000000, ssrc=0xDEADBEEF,
+                           payload=bytes(range(40)))
+        packet.csrc, packet.padding_size = csrc, padding
+        if with_extensions:
+            packet.extensions.mid, packet.extensions.abs_send_time = "0", 12345
+        data = packet.serialize(extensions)
+        ours, theirs = RtpHeader(data), RtpPacket.parse(data, extensions)
+        assert (ours.payload_type, ours.sequence_number, ours.timestamp, ours.ssrc, ours.payload) == \
+            (theirs.payload_type, theirs.sequence_number, theirs.timestamp, theirs.ssrc, theirs.payload)
+    for bad in (data[:11], bytes([0x40]) + data[1:], bytes([0x90]) + data[1:12] + b"\x00\x01"):
+        with pytest.raises(ValueError):
+            RtpHeader(bad)

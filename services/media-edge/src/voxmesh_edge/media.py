@@ -1109,7 +1109,7 @@ class FastReceiver(RTCRtpReceiver):
         setattr(self, _P + "rtcp_task", asyncio.ensure_future(self._run_rtcp()))
         setattr(self, _P + "started", True)
 
-    def handle_rtp_now(self, packet: RtpPacket) -> None:
+    def handle_rtp_now(self, packet: RtpHeader) -> None:
         """aiortc's `_handle_rtp_packet` for this receiver, as a plain call (see
         DirectRtp): for audio nothing in it waits (no bitrate estimator, no
         NACK, no PLI), and what it keeps is kept the same way (the sources
@@ -1117,23 +1117,31 @@ class FastReceiver(RTCRtpReceiver):
         goes to the reorder buffer and the inline decoder."""
         if not self._enabled:
             return
-        getattr(self, _P + "active_ssrc")[packet.ssrc] = clock.current_datetime()
-        codec = getattr(self, _P + "codecs").get(packet.payload_type)
+        active, codecs, streams, reorder, mapper, decoder = self._parts
+        active[packet.ssrc] = clock.current_datetime()
+        codec = codecs.get(packet.payload_type)
         if codec is None:
             return
         if is_rtx(codec):  # audio negotiates no RTX; if it ever does, aiortc's own path unwraps it
-            asyncio.ensure_future(self._handle_rtp_packet(packet, arrival_time_ms=clock.current_ms()))
+            full = RtpPacket.parse(packet.data, self.transport._rtp_header_extensions_map)
+            asyncio.ensure_future(self._handle_rtp_packet(full, arrival_time_ms=clock.current_ms()))
             return
-        streams = getattr(self, _P + "remote_streams")
         stats = streams.get(packet.ssrc)
         if stats is None:
             stats = streams[packet.ssrc] = StreamStatistics(codec.clockRate)
         stats.add(packet)
         packet._data = packet.payload  # audio: the payload is the frame (aiortc's depayload)
-        _, batch = getattr(self, _P + "jitter_buffer").add(packet)
+        _, batch = reorder.add(packet)
         if batch is not None:
-            batch.timestamp = getattr(self, _P + "timestamp_mapper").map(batch.timestamp)
-            getattr(self, _P + "decoder_queue").put((codec, batch))
+            batch.timestamp = mapper.map(batch.timestamp)
+            decoder.put((codec, batch))
+
+    @functools.cached_property
+    def _parts(self) -> tuple:
+        """aiortc's per-receiver state that handle_rtp_now touches, looked up
+        once (the objects live as long as the receiver)."""
+        return tuple(getattr(self, _P + a) for a in ("active_ssrc", "codecs", "remote_streams", "jitter_buffer",
+                                                     "timestamp_mapper", "decoder_queue"))
 
 
 class DirectRtp:
@@ -1193,14 +1201,45 @@ class DirectRtp:
         setattr(dtls, _D + "rx_packets", getattr(dtls, _D + "rx_packets") + 1)
         try:
             data = srtp.unprotect(data)
-            packet = RtpPacket.parse(data, dtls._rtp_header_extensions_map)
+            packet = RtpHeader(data)
         except (pylibsrtp.Error, ValueError):
             return  # as aiortc: dropped (a replay, a bad tag, a malformed header)
         receiver = dtls._rtp_router.route_rtp(packet)
         if type(receiver) is FastReceiver:
             receiver.handle_rtp_now(packet)
-        elif receiver is not None:
-            asyncio.ensure_future(receiver._handle_rtp_packet(packet, arrival_time_ms=clock.current_ms()))
+        elif receiver is not None:  # a stock receiver wants aiortc's whole packet
+            full = RtpPacket.parse(data, dtls._rtp_header_extensions_map)
+            asyncio.ensure_future(receiver._handle_rtp_packet(full, arrival_time_ms=clock.current_ms()))
+
+
+class RtpHeader:
+    """What the fast receive path reads of an RTP packet (RFC 3550 5.1): payload
+    type, sequence number, timestamp, SSRC and payload. aiortc's RtpPacket.parse
+    also decodes every header extension into an object, which nothing on this
+    path reads. Raises ValueError on a malformed packet, as RtpPacket.parse does."""
+
+    __slots__ = ("data", "payload_type", "sequence_number", "timestamp", "ssrc", "payload", "_data")
+    _FIXED = struct.Struct("!BBHLL")
+
+    def __init__(self, data: bytes) -> None:
+        if len(data) < 12:
+            raise ValueError("RTP packet length is less than 12 bytes")
+        first, second, self.sequence_number, self.timestamp, self.ssrc = self._FIXED.unpack_from(data)
+        if first >> 6 != 2:
+            raise ValueError("RTP packet has invalid version")
+        pos = 12 + 4 * (first & 0x0F)  # CSRCs
+        if first & 0x10:  # header extension: 16-bit profile, 16-bit length in words
+            if len(data) < pos + 4:
+                raise ValueError("RTP packet has a truncated extension profile / length")
+            pos += 4 + 4 * int.from_bytes(data[pos + 2 : pos + 4], "big")
+        end = len(data)
+        if first & 0x20:  # padding: its length is the last byte
+            end -= data[-1]
+        if pos > end:
+            raise ValueError("RTP packet is shorter than its header")
+        self.data = data
+        self.payload_type = second & 0x7F
+        self.payload = data[pos:end]
 
 
 def _receiver_supported(receiver: RTCRtpReceiver) -> bool:
