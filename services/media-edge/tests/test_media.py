@@ -193,6 +193,23 @@ async def test_the_ticker_wakes_every_track_on_the_same_grid():
     assert ticker._waiters == {}
 
 
+async def test_tracks_are_spread_over_the_lanes_5_ms_apart():
+    lanes = [Ticker.lane() for _ in range(8)]
+    grids = {id(t): t for t in lanes}
+    assert len(grids) == Ticker.LANES == 4
+    assert all(lanes.count(t) == 2 for t in grids.values())  # in turn: evenly
+    offsets = sorted((t.t0 - Ticker.of().t0) * 1000 for t in grids.values())
+    assert offsets == pytest.approx([0, 5, 10, 15])
+    # each lane is its own 20 ms grid
+    playout = Playout(lambda *a: None, lambda t: None)
+    tracks = [PacedOpusTrack(playout) for _ in range(4)]
+    for track in tracks:
+        await track.recv()
+    assert len({id(track._ticker) for track in tracks}) == 4
+    for track in tracks:
+        track.stop()
+
+
 def test_the_answer_asks_for_40_ms_packets_in_its_audio_section_only():
     from voxmesh_edge.media import request_ptime
 
@@ -568,11 +585,10 @@ async def test_40_ms_playout_packets_carry_queued_audio_ahead_and_silence_in_20_
     t = np.arange(48000 // 10)  # 100 ms of tone, then silence
     playout.enqueue(Segment("a1", 0, (8000 * np.sin(2 * np.pi * 300 * t / 48000)).astype(np.int16), (0, 5), [], "hello", True))
     dec = opus.Decoder(48000)
-    ticker = Ticker.of()
     packets, sent_at = [], []
     for _ in range(10):
         packets.append(await track.recv())
-        sent_at.append(ticker.next_tick() - 1)  # the tick that was due when it left
+        sent_at.append(track._ticker.next_tick() - 1)  # the tick (of its lane) that was due when it left
     # 100 ms: two packets of 40 ms, then 20 ms (nothing queued beyond it), then
     # the encoder's decay and cached silence, 20 ms each
     sizes = [dec.decode(bytes(p)).size for p in packets]
