@@ -12,8 +12,9 @@ Converse stream, tts stream, playout, encode); only the model work is absent.
   windows: the edge's fill of a DTX stream's timestamp gaps).
 - OrchestratorDouble: sends the session config, then every `cycle_s` one agent
   reply (one clause + end of reply): the agent speaks about half the time.
-- TtsDouble: answers each clause at once with `reply_s` of speech at 22.05 kHz
-  (Piper's rate) in 200 ms chunks, as a real streaming tts would.
+- TtsDouble: answers each clause at once with `reply_s` of speech in 200 ms
+  chunks, as a real streaming tts would, at the rate the config asks for
+  (the edge asks for 48 kHz; 22.05 kHz, Piper's own, otherwise).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 import numpy as np
+import soxr
 
 from voxmesh.v1 import orchestrator_pb2 as opb
 from voxmesh.v1 import orchestrator_pb2_grpc, stt_pb2_grpc, tts_pb2, tts_pb2_grpc
@@ -78,25 +80,37 @@ class SttDouble(stt_pb2_grpc.SttServicer):
 
 
 class TtsDouble(tts_pb2_grpc.TtsServicer):
-    """Test double: `reply_s` of the benchmark speech per clause, at once."""
+    """Test double: `reply_s` of the benchmark speech per clause, at once, at
+    the rate the config asks for (as the real service does, resampled here
+    once per rate, not per stream: the real service's resampling is its own
+    CPU, not the edge's)."""
 
     def __init__(self, speech_22k: np.ndarray, reply_s: float) -> None:
         n = int(reply_s * TTS_RATE)
         reps = -(-n // speech_22k.size)
-        self.audio = np.tile(speech_22k, reps)[:n].astype("<i2").tobytes()
-        self.chunk = TTS_RATE // 5 * 2  # 200 ms of s16
+        self.speech = np.tile(speech_22k, reps)[:n].astype(np.int16)
+        self._audio: dict[int, bytes] = {}
+
+    def audio(self, rate: int) -> bytes:
+        if rate not in self._audio:
+            pcm = self.speech if rate == TTS_RATE else soxr.resample(self.speech, TTS_RATE, rate).astype(np.int16)
+            self._audio[rate] = pcm.astype("<i2").tobytes()
+        return self._audio[rate]
 
     async def Synthesize(self, request_iterator, context):
+        rate = TTS_RATE
         async for req in request_iterator:
-            if req.WhichOneof("msg") != "clause":
+            if req.WhichOneof("msg") == "config":
+                rate = req.config.sample_rate or TTS_RATE
                 continue
             c = req.clause
             n = len(c.text)
-            for off in range(0, len(self.audio), self.chunk):
-                last = off + self.chunk >= len(self.audio)
-                a, b = off * n // len(self.audio), (off + self.chunk) * n // len(self.audio) if not last else n
+            audio, chunk = self.audio(rate), rate // 5 * 2  # 200 ms of s16
+            for off in range(0, len(audio), chunk):
+                last = off + chunk >= len(audio)
+                a, b = off * n // len(audio), (off + chunk) * n // len(audio) if not last else n
                 yield tts_pb2.SynthesizeChunk(
-                    clause_id=c.clause_id, audio=self.audio[off : off + self.chunk], sample_rate=TTS_RATE,
+                    clause_id=c.clause_id, audio=audio[off : off + chunk], sample_rate=rate,
                     span={"start": a, "end": b}, clause_done=last,
                 )
 

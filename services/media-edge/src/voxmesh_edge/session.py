@@ -757,7 +757,9 @@ class EdgeSession:
     async def _synthesize(self, reply: ReplyAudio) -> None:
         async def requests():
             voice = self.session_config.voice if self.session_config else ""
-            yield tts_pb2.SynthesizeRequest(config=tts_pb2.SynthesizeConfig(session_id=self.id, voice=voice))
+            # At WebRTC's rate: tts resamples (once per stream), not this event loop.
+            yield tts_pb2.SynthesizeRequest(config=tts_pb2.SynthesizeConfig(
+                session_id=self.id, voice=voice, sample_rate=WEBRTC_RATE))
             while (clause := await reply.requests.get()) is not None:
                 yield tts_pb2.SynthesizeRequest(clause=clause)
 
@@ -766,10 +768,14 @@ class EdgeSession:
         try:
             async for chunk in call:
                 text = reply.clauses.get(chunk.clause_id, "")
+                # A tts that cannot give WebRTC's rate: resampled here, a stream
+                # per clause (its last chunk flushes the filter's ~0.1 s).
                 rs = resamplers.get(chunk.sample_rate)
                 if rs is None:
                     rs = resamplers[chunk.sample_rate] = Resampler(chunk.sample_rate, WEBRTC_RATE)
-                pcm = rs(np.frombuffer(chunk.audio, dtype="<i2"), last=False) if chunk.audio else np.zeros(0, np.int16)
+                pcm = rs(np.frombuffer(chunk.audio, dtype="<i2"), last=chunk.clause_done)
+                if chunk.clause_done:
+                    resamplers.pop(chunk.sample_rate, None)
                 words = [(w.span.start, w.span.end, w.start_ms, w.end_ms) for w in chunk.words]
                 if pcm.size == 0 and not chunk.clause_done:
                     continue

@@ -17,6 +17,8 @@ import time
 from collections.abc import AsyncIterator
 
 import grpc
+import numpy as np
+import soxr
 
 from voxmesh.core.aio import cancel_all, spawn
 from voxmesh.core.logging import session_id_var
@@ -65,10 +67,13 @@ class TtsServicer(tts_pb2_grpc.TtsServicer):
             voice = self.backend.check_voice(cfg.voice)
             if not 0.25 <= speed <= 4.0:
                 raise ValueError(f"config.speed must be within [0.25, 4.0] (or 0 for default); got {cfg.speed}")
+            if cfg.sample_rate and not 8000 <= cfg.sample_rate <= 48000:
+                raise ValueError(f"config.sample_rate must be within [8000, 48000] Hz (or 0 for the voice's own); got {cfg.sample_rate}")
         except (UnknownVoice, ValueError) as exc:
             self._errors.labels(where="tts_bad_request").inc()
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
 
+        out_rate = cfg.sample_rate or self.backend.sample_rate
         queue: asyncio.Queue = asyncio.Queue()
         tasks: set[asyncio.Task] = set()
         spawn(self._read(request_iterator, queue), tasks, name="tts-read")
@@ -86,7 +91,7 @@ class TtsServicer(tts_pb2_grpc.TtsServicer):
                     raise item
                 clause, received = item
                 clauses += 1
-                async for chunk in self._speak(clause, received, voice, speed):
+                async for chunk in self._speak(clause, received, voice, speed, out_rate):
                     yield chunk
         except asyncio.CancelledError:
             log.info("synthesize cancelled by caller", extra={"clauses": clauses})
@@ -116,9 +121,13 @@ class TtsServicer(tts_pb2_grpc.TtsServicer):
             queue.put_nowait(exc)
 
     async def _speak(
-        self, clause: tts_pb2.Clause, received: float, voice: str, speed: float
+        self, clause: tts_pb2.Clause, received: float, voice: str, speed: float, out_rate: int
     ) -> AsyncIterator[tts_pb2.SynthesizeChunk]:
         rate = self.backend.sample_rate
+        # One stream resampler per clause: soxr keeps its filter state across
+        # chunks, so the seams are inaudible, and the clause's last chunk
+        # flushes what its filter still holds (~0.1 s at 22.05 -> 48 kHz).
+        resample = None if out_rate == rate else soxr.ResampleStream(rate, out_rate, 1, dtype="int16", quality="HQ")
         first = True
         samples = 0
         synth_s = 0.0
@@ -128,10 +137,13 @@ class TtsServicer(tts_pb2_grpc.TtsServicer):
             async for c in chunks:
                 samples += c.samples
                 synth_s += c.synth_s
+                audio = c.pcm
+                if resample is not None:
+                    audio = resample.resample_chunk(np.frombuffer(audio, dtype="<i2"), last=c.last).tobytes()
                 msg = tts_pb2.SynthesizeChunk(
                     clause_id=clause.clause_id,
-                    audio=c.pcm,
-                    sample_rate=rate,
+                    audio=audio,
+                    sample_rate=out_rate,
                     span=common_pb2.TextSpan(start=c.span[0], end=c.span[1]),
                     words=[
                         common_pb2.WordTiming(
