@@ -106,10 +106,9 @@ async def test_audio_comes_at_the_rate_the_config_asks_for(tts_stub):
 
     chunks = [c async for c in tts_stub.Synthesize(requests())]
     assert {c.sample_rate for c in chunks} == {48000}
-    # A streaming resampler's output lags its input by its filter and its
-    # block buffering (15-30 ms measured here)
-    # and comes in blocks of its own: a chunk's audio may end a little before
-    # its last word's timing (the next chunk brings the rest).
+    # A streaming resampler's output lags its input by its filter and comes in
+    # blocks of its own (15-30 ms off per chunk, measured here): a chunk's audio
+    # may end a little before its last word's timing (the next one brings the rest).
     check_spans(SENTENCE, chunks, slack_ms=60)
     audio = pcm(chunks)
     assert 3.0 < len(audio) / 48000 < 9.0
