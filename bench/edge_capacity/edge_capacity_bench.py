@@ -307,7 +307,7 @@ async def run_one(n: int, args, redis_url: str, doubles_port: int, stt, loop_pat
         run_s = args.warmup + args.seconds + 1
         for i, k in enumerate(per):
             out = workdir / f"clients-{n}-{i}.json"
-            options = {"seed": 1000 * n + i}
+            options = {"seed": 1000 * n + i, "fast_receive": not args.caller_stock_receive}
             if args.turn_taking:
                 options.update(talk_s=args.caller_talk_s, silent_s=args.caller_silent_s, dtx_style=args.caller_dtx)
             clients.append((subprocess.Popen(
@@ -461,6 +461,10 @@ async def main() -> None:
     ap.add_argument("--edge-env", action="append", default=[], help="extra VOXMESH_EDGE_X=value for the edge")
     ap.add_argument("--edge-cpus", help="pin the edge (and its workers) to these CPUs, e.g. 0; default: not pinned")
     ap.add_argument("--client-cpus", help="pin the caller processes to these CPUs, e.g. 2-15; default: not pinned")
+    ap.add_argument("--caller-stock-receive", action="store_true",
+                    help="callers decode the agent's audio with aiortc's stock receiver (a decoder thread each, "
+                         "48 kHz stereo) instead of the edge's fast receive path; at ~60 callers on one core the "
+                         "stock one falls behind and the callers then send in bursts")
     ap.add_argument("--audio-cache", type=pathlib.Path, help="folder for the espeak-ng WAVs (reused when present)")
     ap.add_argument("--json", help="also write the figures here")
     ap.add_argument("--profile", action="store_true", help="py-spy the edge during the window (profile-N.txt in the work dir)")

@@ -1273,23 +1273,16 @@ def _receiver_supported(receiver: RTCRtpReceiver) -> bool:
 _warned = False
 
 
-def accelerate(transceiver, track: PacedOpusTrack, reorder_frames: int = 2, chunk_ms: int = 20,
-               tap: Callable[[np.ndarray], None] | None = None,
-               live_dtx: tuple[float, float] | None = None, voiced_chunk_ms: int = 0,
-               settled: Callable[[], bool] | None = None,
-               sink: Callable[[np.ndarray], None] | None = None) -> dict[str, bool]:
-    """Put one session's audio transceiver on the fast path, after the remote
-    offer is applied and before the transport starts. `live_dtx`: (fine, chunk)
-    seconds when the answer will ask the caller for DTX, `settled` whether no
-    user turn is open at stt, `sink` takes the 16 kHz chunks instead of the
-    receiver's track (see InlineDecoder).
-    Returns what it did ("receiver": inbound audio is decoded here, and `tap`
-    sees every packet; "direct_rtp": its SRTP packets are handled in the
-    socket's callback (DirectRtp);
-    "encoder": agent audio is encoded here; "sender": FastSender sends it)."""
+def accelerate_receiver(receiver, reorder_frames: int = 2, chunk_ms: int = 20,
+                        tap: Callable[[np.ndarray], None] | None = None,
+                        live_dtx: tuple[float, float] | None = None, voiced_chunk_ms: int = 0,
+                        settled: Callable[[], bool] | None = None,
+                        sink: Callable[[np.ndarray], None] | None = None) -> dict[str, bool]:
+    """The receive half of `accelerate` (which see), for a receiver whose
+    transport exists and has not started: an answerer's after the offer is
+    applied, an offerer's (the benchmark's callers) before the answer is."""
     global _warned
-    did = {"receiver": False, "direct_rtp": False, "encoder": False, "sender": False}
-    receiver = transceiver.receiver
+    did = {"receiver": False, "direct_rtp": False}
     if _receiver_supported(receiver) and not getattr(receiver, _P + "started"):
         receiver.__class__ = FastReceiver  # same layout: only receive() differs
         receiver.reorder_frames = reorder_frames
@@ -1308,6 +1301,25 @@ def accelerate(transceiver, track: PacedOpusTrack, reorder_frames: int = 2, chun
     elif not _warned:
         _warned = True
         log.warning("aiortc receiver internals not as expected: stock receive path (decoder thread)")
+    return did
+
+
+def accelerate(transceiver, track: PacedOpusTrack, reorder_frames: int = 2, chunk_ms: int = 20,
+               tap: Callable[[np.ndarray], None] | None = None,
+               live_dtx: tuple[float, float] | None = None, voiced_chunk_ms: int = 0,
+               settled: Callable[[], bool] | None = None,
+               sink: Callable[[np.ndarray], None] | None = None) -> dict[str, bool]:
+    """Put one session's audio transceiver on the fast path, after the remote
+    offer is applied and before the transport starts. `live_dtx`: (fine, chunk)
+    seconds when the answer will ask the caller for DTX, `settled` whether no
+    user turn is open at stt, `sink` takes the 16 kHz chunks instead of the
+    receiver's track (see InlineDecoder).
+    Returns what it did ("receiver": inbound audio is decoded here, and `tap`
+    sees every packet; "direct_rtp": its SRTP packets are handled in the
+    socket's callback (DirectRtp);
+    "encoder": agent audio is encoded here; "sender": FastSender sends it)."""
+    did = {**accelerate_receiver(transceiver.receiver, reorder_frames, chunk_ms, tap, live_dtx, voiced_chunk_ms,
+                                 settled, sink), "encoder": False, "sender": False}
     codecs = getattr(transceiver, "_codecs", None) or []
     if codecs and codecs[0].mimeType.lower() == "audio/opus":
         did["encoder"] = track.use_opus()
