@@ -114,11 +114,17 @@ class Encoder:
             lib.opus_encoder_ctl(ctypes.c_void_p(self._st), _SET_INBAND_FEC, ctypes.c_int32(1))
             lib.opus_encoder_ctl(ctypes.c_void_p(self._st), _SET_PACKET_LOSS_PERC, ctypes.c_int32(5))
         self._out = ctypes.create_string_buffer(_MAX_PACKET)
+        # Input staged in one buffer whose address is taken once: `ndarray.ctypes`
+        # builds a helper object on every call (~3 us, per frame of every session).
+        self._in = np.zeros(rate * 120 // 1000, np.int16)  # 120 ms: the longest Opus frame
+        self._in_ptr = self._in.ctypes.data
 
     def encode(self, pcm: np.ndarray) -> bytes:
-        if pcm.dtype != np.int16 or not pcm.flags.c_contiguous:
-            pcm = np.ascontiguousarray(pcm, dtype=np.int16)
-        n = self._lib.opus_encode(self._st, pcm.ctypes.data, pcm.size, self._out, _MAX_PACKET)
+        n = pcm.size
+        if n > self._in.size:
+            raise OpusError(f"{n} samples is more than one Opus packet holds")
+        self._in[:n] = pcm
+        n = self._lib.opus_encode(self._st, self._in_ptr, n, self._out, _MAX_PACKET)
         if n < 0:
             raise OpusError(f"opus_encode failed: {n}")
         return self._out.raw[:n]
@@ -147,16 +153,17 @@ class Decoder:
         # 120 ms is the longest Opus packet.
         self._max = rate * 120 // 1000
         self._buf = np.zeros(self._max, np.int16)
+        self._buf_ptr = self._buf.ctypes.data  # taken once (see Encoder)
         self._frame = rate // 50
 
     def decode(self, packet: bytes) -> np.ndarray:
-        n = self._lib.opus_decode(self._st, packet, len(packet), self._buf.ctypes.data, self._max, 0)
+        n = self._lib.opus_decode(self._st, packet, len(packet), self._buf_ptr, self._max, 0)
         if n < 0:
             raise OpusError(f"opus_decode failed: {n}")
         return self._buf[:n].copy()
 
     def conceal(self, samples: int | None = None) -> np.ndarray:
-        n = self._lib.opus_decode(self._st, None, 0, self._buf.ctypes.data, samples or self._frame, 0)
+        n = self._lib.opus_decode(self._st, None, 0, self._buf_ptr, samples or self._frame, 0)
         if n < 0:
             return np.zeros(samples or self._frame, np.int16)
         return self._buf[:n].copy()
