@@ -965,3 +965,39 @@ def test_the_fast_rtp_header_reads_what_aiortc_reads(csrc, padding):
     for bad in (data[:11], bytes([0x40]) + data[1:], bytes([0x90]) + data[1:12] + b"\x00\x01"):
         with pytest.raises(ValueError):
             RtpHeader(bad)
+
+
+async def test_rtcp_reports_go_both_ways_at_the_audio_interval(monkeypatch):
+    """The fast sender and receiver send aiortc's reports (SR with the packet
+    counts, RR with the caller's stream statistics) on their own interval
+    (RTCP_INTERVAL_S, 5 s like a browser's audio; short here), and stop cleanly."""
+    from aiortc.rtp import RtcpRrPacket, RtcpSrPacket
+
+    from voxmesh_edge import media
+
+    monkeypatch.setattr(media, "RTCP_INTERVAL_S", 0.1)
+    playout = Playout(lambda *a: None, lambda t: None)
+    track = PacedOpusTrack(playout)
+    caller, edge, transceiver = await offer_to_edge(track)
+    assert accelerate(transceiver, track)["sender"]
+    (theirs,) = caller.getTransceivers()
+    got: list = []
+    for side in (theirs.sender, theirs.receiver):
+        handle = side._handle_rtcp_packet
+
+        async def spy(packet, handle=handle):
+            got.append(packet)
+            await handle(packet)
+
+        side._handle_rtcp_packet = spy
+    await edge.setLocalDescription(await edge.createAnswer())
+    await caller.setRemoteDescription(edge.localDescription)
+    playout.enqueue(Segment("a1", 0, tone(600), (0, 5), [], "hello", True))
+    await asyncio.sleep(1.2)
+    srs = [p for p in got if isinstance(p, RtcpSrPacket) and p.ssrc == transceiver.sender._ssrc]
+    rrs = [p for p in got if isinstance(p, RtcpRrPacket)]
+    assert len(srs) >= 4 and srs[-1].sender_info.packet_count > 10  # every ~0.1 s, counting what was sent
+    assert len(rrs) >= 4 and rrs[-1].reports[0].ssrc == theirs.sender._ssrc
+    assert rrs[-1].reports[0].highest_sequence > 0 and rrs[-1].reports[0].packets_lost == 0
+    for pc in (caller, edge):
+        await pc.close()  # waits for both RTCP loops to say they exited

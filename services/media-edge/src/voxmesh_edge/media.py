@@ -47,6 +47,7 @@ import fractions
 import functools
 import logging
 import math
+import random
 import struct
 import time
 import weakref
@@ -60,7 +61,8 @@ from aiortc import clock
 from aiortc.codecs import is_rtx
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.rtcrtpreceiver import RTCRtpReceiver, StreamStatistics
-from aiortc.rtp import RtpPacket
+from aiortc.rtp import (RtcpByePacket, RtcpReceiverInfo, RtcpRrPacket, RtcpSdesPacket, RtcpSenderInfo,
+                        RtcpSourceInfo, RtcpSrPacket, RtpPacket)
 from aiortc.rtcrtpsender import RTCRtpSender, random_sequence_number
 from aiortc.utils import random32, uint16_add, uint16_gt
 
@@ -74,7 +76,8 @@ log = logging.getLogger(__name__)
 FRAME_S = 0.020
 _P = "_RTCRtpReceiver__"  # aiortc's name-mangled receiver internals
 _RECEIVER_ATTRS = ("codecs", "rtx_ssrc", "transport", "started", "kind", "jitter_buffer", "decoder_queue",
-                   "decoder_thread", "rtcp_task", "timestamp_mapper", "active_ssrc", "remote_streams")
+                   "decoder_thread", "rtcp_task", "timestamp_mapper", "active_ssrc", "remote_streams",
+                   "rtcp_started", "rtcp_exited", "lsr", "lsr_time", "rtcp_ssrc")
 _D = "_RTCDtlsTransport__"  # aiortc's name-mangled DTLS transport internals
 
 
@@ -579,7 +582,12 @@ class PacedOpusTrack(MediaStreamTrack):
 
 _S = "_RTCRtpSender__"  # aiortc's name-mangled sender internals
 _SENDER_ATTRS = ("track", "mid", "rtp_header_extensions_map", "rtp_started", "rtp_exited", "ntp_timestamp",
-                 "rtp_timestamp", "octet_count", "packet_count", "encoder", "started", "kind")
+                 "rtp_timestamp", "octet_count", "packet_count", "encoder", "started", "kind",
+                 "rtcp_started", "rtcp_exited", "lsr", "lsr_time", "cname")
+# Seconds between RTCP reports of an audio stream: libwebrtc's default for audio
+# (kDefaultAudioReportInterval, what browsers send), varied by 0.5-1.5x as RFC
+# 3550 6.3.1 asks. aiortc reports every 0.5-1.5 s for any media.
+RTCP_INTERVAL_S = 5.0
 _NTP_EPOCH_OFFSET = 2208988800  # seconds from 1900 (NTP) to 1970 (Unix)
 
 
@@ -595,6 +603,30 @@ class FastSender(RTCRtpSender):
     (its sender reports read the counters kept here), and every other track
     or codec (the stock loop). Packets are not kept for retransmission: audio
     negotiates no NACK (checked: with NACK the stock loop runs)."""
+
+    async def _run_rtcp(self) -> None:
+        """aiortc's sender reports (SR + SDES CNAME, BYE at the end), every
+        RTCP_INTERVAL_S instead of every second: per session, each is a Python
+        packet build, an SRTCP protect and a send, and a parse at the far end."""
+        getattr(self, _S + "rtcp_started").set()
+        try:
+            while True:
+                await asyncio.sleep(RTCP_INTERVAL_S * (0.5 + random.random()))
+                ntp = getattr(self, _S + "ntp_timestamp")
+                packets: list = [RtcpSrPacket(ssrc=self._ssrc, sender_info=RtcpSenderInfo(
+                    ntp_timestamp=ntp, rtp_timestamp=getattr(self, _S + "rtp_timestamp"),
+                    packet_count=getattr(self, _S + "packet_count") & 0xFFFFFFFF,
+                    octet_count=getattr(self, _S + "octet_count") & 0xFFFFFFFF))]
+                setattr(self, _S + "lsr", (ntp >> 16) & 0xFFFFFFFF)
+                setattr(self, _S + "lsr_time", time.time())
+                cname = getattr(self, _S + "cname")
+                if cname is not None:
+                    packets.append(RtcpSdesPacket(chunks=[RtcpSourceInfo(ssrc=self._ssrc, items=[(1, cname.encode("utf8"))])]))
+                await self._send_rtcp(packets)
+        except asyncio.CancelledError:
+            pass
+        await self._send_rtcp([RtcpByePacket(sources=[self._ssrc])])
+        getattr(self, _S + "rtcp_exited").set()
 
     async def _run_rtp(self, codec) -> None:
         track = getattr(self, _S + "track")
@@ -1133,6 +1165,32 @@ class FastReceiver(RTCRtpReceiver):
         getattr(self, _P + "transport")._register_rtp_receiver(self, parameters)
         setattr(self, _P + "rtcp_task", asyncio.ensure_future(self._run_rtcp()))
         setattr(self, _P + "started", True)
+
+    async def _run_rtcp(self) -> None:
+        """aiortc's receiver reports (RR), every RTCP_INTERVAL_S instead of
+        every second (see FastSender._run_rtcp)."""
+        getattr(self, _P + "rtcp_started").set()
+        try:
+            while True:
+                await asyncio.sleep(RTCP_INTERVAL_S * (0.5 + random.random()))
+                lsrs, lsr_times = getattr(self, _P + "lsr"), getattr(self, _P + "lsr_time")
+                reports = []
+                for ssrc, stream in getattr(self, _P + "remote_streams").items():
+                    lsr = dlsr = 0
+                    if ssrc in lsrs:
+                        lsr = lsrs[ssrc]
+                        delay = time.time() - lsr_times[ssrc]
+                        if 0 < delay < 65536:
+                            dlsr = int(delay * 65536)
+                    reports.append(RtcpReceiverInfo(ssrc=ssrc, fraction_lost=stream.fraction_lost,
+                                                    packets_lost=stream.packets_lost, highest_sequence=stream.max_seq,
+                                                    jitter=stream.jitter, lsr=lsr, dlsr=dlsr))
+                rtcp_ssrc = getattr(self, _P + "rtcp_ssrc")
+                if rtcp_ssrc is not None and reports:
+                    await self._send_rtcp(RtcpRrPacket(ssrc=rtcp_ssrc, reports=reports))
+        except asyncio.CancelledError:
+            pass
+        getattr(self, _P + "rtcp_exited").set()
 
     def handle_rtp_now(self, packet: RtpHeader) -> None:
         """aiortc's `_handle_rtp_packet` for this receiver, as a plain call (see
