@@ -9,7 +9,13 @@ What runs (all on this machine):
   (bench/edge_capacity/doubles.py): the agent speaks ~half the time, stt hears
   everything and answers nothing;
 - the callers, in separate processes (bench/edge_capacity/clients.py): real
-  aiortc PeerConnections playing speech on a loop and recording the reply.
+  aiortc PeerConnections playing speech on a loop and recording the reply,
+  which they receive on the edge's own fast receive path (16 kHz decode in the
+  loop, no decoder thread) so that 60+ of them keep time on one core as
+  browsers on their own machines do; --caller-stock-receive gives them
+  aiortc's stock receiver (a decoder thread each), under which they fall
+  behind and send in bursts, and the edge then merges more of its stt
+  messages (fewer, bigger) than with steady callers.
 
 The callers use the same cores as the edge, so the figure that matters is per
 core of EDGE CPU: the edge process's utime+stime (/proc) over the measured
