@@ -241,7 +241,8 @@ class Caller:
         self.pc = RTCPeerConnection()
         self.fast_receive = fast_receive
         self.variants = variants
-        self.mic = LoopMic(*variants[False][:1], marker_every, phase, schedule, variants[False][1])
+        packets, silence = variants[False]  # until the answer says which (start)
+        self.mic = LoopMic(packets, marker_every, phase, schedule, silence)
         self.pc.addTrack(self.mic)
         self.pc.createDataChannel("events")
         self.arrivals: list[float] = []

@@ -79,6 +79,7 @@ _RECEIVER_ATTRS = ("codecs", "rtx_ssrc", "transport", "started", "kind", "jitter
                    "decoder_thread", "rtcp_task", "timestamp_mapper", "active_ssrc", "remote_streams",
                    "rtcp_started", "rtcp_exited", "lsr", "lsr_time", "rtcp_ssrc")
 _D = "_RTCDtlsTransport__"  # aiortc's name-mangled DTLS transport internals
+_RX_BYTES, _RX_PACKETS = _D + "rx_bytes", _D + "rx_packets"  # its receive counters (DirectRtp, per packet)
 
 
 # -- packetization ------------------------------------------------------------
@@ -1258,7 +1259,7 @@ class DirectRtp:
         return connection is not None and hasattr(connection, "data_received") \
             and isinstance(getattr(connection, "_queue", None), asyncio.Queue) \
             and all(hasattr(dtls, a) for a in ("_rx_srtp", "_rtp_router", "_rtp_header_extensions_map",
-                                                _D + "rx_bytes", _D + "rx_packets"))
+                                                _RX_BYTES, _RX_PACKETS))
 
     def install(self) -> None:
         self._connection.data_received = self.data_received
@@ -1280,8 +1281,8 @@ class DirectRtp:
 
     def _rtp(self, srtp, data: bytes) -> None:
         dtls = self._dtls
-        setattr(dtls, _D + "rx_bytes", getattr(dtls, _D + "rx_bytes") + len(data))
-        setattr(dtls, _D + "rx_packets", getattr(dtls, _D + "rx_packets") + 1)
+        setattr(dtls, _RX_BYTES, getattr(dtls, _RX_BYTES) + len(data))
+        setattr(dtls, _RX_PACKETS, getattr(dtls, _RX_PACKETS) + 1)
         try:
             data = srtp.unprotect(data)
             packet = RtpHeader(data)
