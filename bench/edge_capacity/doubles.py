@@ -29,7 +29,7 @@ import numpy as np
 import soxr
 
 from voxmesh.v1 import orchestrator_pb2 as opb
-from voxmesh.v1 import orchestrator_pb2_grpc, stt_pb2_grpc, tts_pb2, tts_pb2_grpc
+from voxmesh.v1 import orchestrator_pb2_grpc, stt_pb2, stt_pb2_grpc, tts_pb2, tts_pb2_grpc
 
 STT_RATE = 16000
 TTS_RATE = 22050
@@ -50,6 +50,7 @@ class SttDouble(stt_pb2_grpc.SttServicer):
 
     def __init__(self) -> None:
         self.streams: dict[str, SttStream] = defaultdict(SttStream)
+        self.batches = 0  # TranscribeMany messages received, all calls
         self._threshold = (10 ** (MARKER_DBFS / 20) * 32768) ** 2
 
     async def Transcribe(self, request_iterator, context):
@@ -58,25 +59,53 @@ class SttDouble(stt_pb2_grpc.SttServicer):
             if req.WhichOneof("msg") == "config":
                 sid = req.config.session_id
                 continue
-            now = time.monotonic()
-            pcm = np.frombuffer(req.audio, dtype="<i2")
-            st = self.streams[sid]
-            st.messages += 1
-            # 10 ms windows: a marker is 20 ms long, so at least one window is inside it.
-            w = pcm[: pcm.size - pcm.size % 160].reshape(-1, 160)
-            if w.size:
-                loud = np.mean(w.astype(np.float32) ** 2, axis=1) > self._threshold
-                onset = loud & ~np.concatenate(([st._in_marker], loud[:-1]))
-                for i in np.flatnonzero(onset):
-                    st.markers.append((now, st.samples + int(i) * 160))
-                st._in_marker = bool(loud[-1])
-                # All-zero windows: digital silence. With DTX callers mostly the
-                # edge's fill of the RTP timestamp gaps (and the decoded DTX packets);
-                # with continuous callers, the loop's own silences, decoded.
-                st.zero_samples += 160 * int(np.count_nonzero(~w.any(axis=1)))
-            st.samples += pcm.size
+            self._audio(self.streams[sid], req.audio)
         return
         yield  # an async generator that never answers
+
+    async def TranscribeMany(self, request_iterator, context):
+        """The edge's way: many sessions' streams on a call. A stream's `end`
+        is answered with status OK (the stream's last part), as stt does."""
+        sessions: dict[int, str] = {}
+        ends: asyncio.Queue = asyncio.Queue()
+
+        async def read() -> None:
+            async for batch in request_iterator:
+                self.batches += 1
+                for part in batch.parts:
+                    if part.request.WhichOneof("msg") == "config":
+                        sessions[part.stream_id] = part.request.config.session_id
+                    elif part.request.WhichOneof("msg") == "audio":
+                        self._audio(self.streams[sessions[part.stream_id]], part.request.audio)
+                    if part.end:
+                        ends.put_nowait(part.stream_id)
+            ends.put_nowait(None)
+
+        reader = asyncio.ensure_future(read())
+        try:
+            while (sid := await ends.get()) is not None:
+                yield stt_pb2.TranscribeEventBatch(parts=[
+                    stt_pb2.TranscribeEventPart(stream_id=sid, status=stt_pb2.StreamStatus(code=0))])
+        finally:
+            reader.cancel()
+
+    def _audio(self, st: SttStream, audio: bytes) -> None:
+        now = time.monotonic()
+        pcm = np.frombuffer(audio, dtype="<i2")
+        st.messages += 1
+        # 10 ms windows: a marker is 20 ms long, so at least one window is inside it.
+        w = pcm[: pcm.size - pcm.size % 160].reshape(-1, 160)
+        if w.size:
+            loud = np.mean(w.astype(np.float32) ** 2, axis=1) > self._threshold
+            onset = loud & ~np.concatenate(([st._in_marker], loud[:-1]))
+            for i in np.flatnonzero(onset):
+                st.markers.append((now, st.samples + int(i) * 160))
+            st._in_marker = bool(loud[-1])
+            # All-zero windows: digital silence. With DTX callers mostly the
+            # edge's fill of the RTP timestamp gaps (and the decoded DTX packets);
+            # with continuous callers, the loop's own silences, decoded.
+            st.zero_samples += 160 * int(np.count_nonzero(~w.any(axis=1)))
+        st.samples += pcm.size
 
 
 class TtsDouble(tts_pb2_grpc.TtsServicer):

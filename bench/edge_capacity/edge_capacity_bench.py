@@ -140,32 +140,34 @@ def cpu_seconds(pid: int) -> float:
 
 
 def thread_cpu(pid: int) -> dict[str, tuple[float, float]]:
-    """(user s, system s) per thread name of the edge's processes."""
+    """(user s, system s) per thread name of the edge's processes; a process's
+    main thread (the event loop) is "loop", apart from its other Python threads
+    (gRPC's completion-queue poller among them), which share its name."""
     out: dict[str, tuple[float, float]] = {}
     tasks = []
     for p in tree(pid):
         try:
-            tasks += [f"/proc/{p}/task/{t}" for t in os.listdir(f"/proc/{p}/task")]
+            tasks += [(f"/proc/{p}/task/{t}", t == str(p)) for t in os.listdir(f"/proc/{p}/task")]
         except OSError:
             continue
-    for task in tasks:
+    for task, main in tasks:
         try:
             stat = open(f"{task}/stat").read()
         except OSError:
             continue
         name = stat[stat.index("(") + 1 : stat.rindex(")")]
-        name = "".join(c for c in name if not c.isdigit()).rstrip("_-") or name  # decoder threads by kind
+        name = "loop" if main else "".join(c for c in name if not c.isdigit()).rstrip("_-") or name  # decoder threads by kind
         fields = stat.rsplit(")", 1)[1].split()
         u, s_ = out.get(name, (0.0, 0.0))
         out[name] = (u + int(fields[11]) / TICK, s_ + int(fields[12]) / TICK)
     return out
 
 
-def run_delay(pid: int) -> float:
+def run_delay(pid: int) -> tuple[float, float]:
     """Seconds the process's threads spent runnable but waiting for a CPU
-    (/proc/<pid>/task/*/schedstat, 2nd field): on a shared box, how much of the
-    edge's lateness is the box's, not the edge's."""
-    total = 0
+    (/proc/<pid>/task/*/schedstat, 2nd field), (event loop threads, all threads):
+    on a shared box, how much of the edge's lateness is the box's, not the edge's."""
+    loop = total = 0
     for p in tree(pid):
         try:
             tasks = os.listdir(f"/proc/{p}/task")
@@ -173,10 +175,12 @@ def run_delay(pid: int) -> float:
             continue
         for task in tasks:
             try:
-                total += int(open(f"/proc/{p}/task/{task}/schedstat").read().split()[1])
+                wait = int(open(f"/proc/{p}/task/{task}/schedstat").read().split()[1])
             except (OSError, IndexError, ValueError):
                 continue
-    return total / 1e9
+            total += wait
+            loop += wait if task == str(p) else 0
+    return loop / 1e9, total / 1e9
 
 
 def cpu_split(before: dict, after: dict, wall: float) -> dict[str, str]:
@@ -284,9 +288,11 @@ def pct(values: list[float], q: float) -> float | None:
 
 
 def stt_totals(stt) -> tuple[int, int, int]:
-    """(samples, all-zero samples, messages) the stt double has received, all sessions."""
+    """(samples, all-zero samples, audio messages or parts, TranscribeMany
+    messages) the stt double has received, all sessions."""
     streams = list(stt.streams.values())
-    return (sum(s.samples for s in streams), sum(s.zero_samples for s in streams), sum(s.messages for s in streams))
+    return (sum(s.samples for s in streams), sum(s.zero_samples for s in streams), sum(s.messages for s in streams),
+            stt.batches)
 
 
 async def run_one(n: int, args, redis_url: str, doubles_port: int, stt, loop_path: pathlib.Path, workdir: pathlib.Path) -> dict:
@@ -358,7 +364,8 @@ async def run_one(n: int, args, redis_url: str, doubles_port: int, stt, loop_pat
         else "continuous"
     row.update(inbound_figures(n, results, m0, m1, s0, s1, t1 - t0))
     row["edge_threads_user+sys"] = cpu_split(th0, th1, t1 - t0)
-    row["edge_waiting_for_cpu_pct"] = round(100 * (rd1 - rd0) / (t1 - t0), 1)
+    row["edge_waiting_for_cpu_pct"] = round(100 * (rd1[1] - rd0[1]) / (t1 - t0), 1)
+    row["edge_loop_waiting_for_cpu_pct"] = round(100 * (rd1[0] - rd0[0]) / (t1 - t0), 1)
     prof = workdir / f"profile-{n}.txt"
     if args.profile and prof.exists():
         row["profile_pct"] = {k: round(v, 1) for k, v in profile_breakdown(prof)}
@@ -419,7 +426,7 @@ def inbound_figures(n: int, results: list[dict], m0: dict, m1: dict, s0: tuple, 
     caller_s = sum(r["frames_sent"] for r in results) * 0.02 or 1.0
     kinds = {k: sum(r.get("packets_sent", {}).get(k, 0) for r in results) for k in ("speech", "dtx", "silence")}
     lost = sum(v - m0.get(k, 0) for k, v in m1.items() if k.startswith("voxmesh_inbound_frames_lost_total"))
-    samples, zeros, messages = (b - a for a, b in zip(s0, s1))
+    samples, zeros, messages, batches = (b - a for a, b in zip(s0, s1))
     # The edge's own count of the silence it put in DTX gaps, by its `fill` label
     # (where the edge has the metric): seconds per session-second of the window.
     dtx_key = "voxmesh_inbound_dtx_seconds_total"
@@ -432,7 +439,10 @@ def inbound_figures(n: int, results: list[dict], m0: dict, m1: dict, s0: tuple, 
         "caller_rtp_packets_per_s": round(sum(r.get("rtp_packets_sent", 0) for r in results) / caller_s, 2),
         "stt_audio_s_per_s": round(samples / STT_RATE / wall / n, 3),
         "stt_zero_pct": round(100 * zeros / max(1, samples), 1),
+        # audio parts per session-second, and the gRPC messages that carried
+        # them (the edge batches its sessions' parts, sttmux) per second, all sessions
         "stt_messages_per_s": round(messages / wall / n, 2),
+        "stt_grpc_messages_per_s": round(batches / wall),
         "edge_inbound_lost": int(lost),
     }
 

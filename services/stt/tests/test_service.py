@@ -194,6 +194,83 @@ async def test_caller_cancel_mid_turn_leaves_the_service_healthy(stt_server, spe
     assert len(run.of("final")) == 1
 
 
+async def _many(target: str, batches) -> tuple[dict[int, list], dict[int, tuple]]:
+    """One TranscribeMany call: send `batches` (lists of TranscribePart, each
+    list one message, paced by the async iterator), then collect every stream's
+    events and status until stt ends the call."""
+    events: dict[int, list] = {}
+    status: dict[int, tuple] = {}
+    async with grpc.aio.insecure_channel(target) as ch:
+        async for batch in stt_pb2_grpc.SttStub(ch).TranscribeMany(batches):
+            for part in batch.parts:
+                assert part.stream_id not in status, "a part after the stream's status"
+                if part.WhichOneof("part") == "event":
+                    events.setdefault(part.stream_id, []).append(part.event)
+                else:
+                    status[part.stream_id] = (part.status.code, part.status.details)
+    return events, status
+
+
+def _audio_part(sid: int, piece: bytes) -> stt_pb2.TranscribePart:
+    return stt_pb2.TranscribePart(stream_id=sid, request=stt_pb2.TranscribeRequest(audio=piece))
+
+
+async def test_many_streams_on_one_call_each_as_its_own_transcribe(stt_server, speech_dir):
+    """Three sentences at once on one call, their 40 ms pieces in the same
+    messages: each stream's transcript is its own, each ends with status OK
+    after its `end`. On the same call: a stream with a bad config and audio
+    for a stream that was never opened get INVALID_ARGUMENT with the reason
+    (and the service logs them), a stream cancelled mid-speech gets nothing
+    more, and none of that disturbs the other streams."""
+    pcms = {sid: np.concatenate([silence(300), speech(speech_dir, text, f"many{sid}"), silence(2300)]).astype("<i2").tobytes()
+            for sid, (text, _) in enumerate(SENTENCES, start=1)}
+    cancelled = np.concatenate([silence(200), speech(speech_dir, "This stream is cancelled while it speaks", "many-cancel")])
+    pcms[4] = cancelled.astype("<i2").tobytes()
+
+    async def batches():
+        yield stt_pb2.TranscribeBatch(parts=[
+            *(stt_pb2.TranscribePart(stream_id=sid, request=config(session_id=f"s{sid}")) for sid in pcms),
+            stt_pb2.TranscribePart(stream_id=5, request=config(sample_rate=8000)),
+            _audio_part(6, b"\0\0" * 320),
+        ])
+        step, longest = 1280, max(len(p) for p in pcms.values())
+        for i in range(0, longest, step):
+            parts = [_audio_part(sid, p[i : i + step]) for sid, p in pcms.items() if i < len(p) and not (sid == 4 and i > len(p) // 2)]
+            if i == len(pcms[4]) // 2 // step * step + step:
+                parts.append(stt_pb2.TranscribePart(stream_id=4, cancel=True))
+            yield stt_pb2.TranscribeBatch(parts=parts)
+            await asyncio.sleep(0.04 / 3)  # 3x real time
+        yield stt_pb2.TranscribeBatch(parts=[stt_pb2.TranscribePart(stream_id=sid, end=True) for sid in (1, 2, 3)])
+
+    events, status = await _many(stt_server["target"], batches())
+    for sid, (_, words) in enumerate(SENTENCES, start=1):
+        assert status[sid] == (0, ""), status
+        finals = [e.final.text for e in events[sid] if e.WhichOneof("event") == "final"]
+        assert len(finals) == 1 and words <= {w.strip(".,?!").lower() for w in finals[0].split()}, (sid, finals)
+        assert events[sid][-1].WhichOneof("event") == "end_of_turn"
+    assert status[5][0] == grpc.StatusCode.INVALID_ARGUMENT.value[0] and "sample_rate must be 16000" in status[5][1]
+    assert status[6][0] == grpc.StatusCode.INVALID_ARGUMENT.value[0] and "must carry config" in status[6][1]
+    assert 4 not in status
+    assert not any(e.WhichOneof("event") in ("final", "end_of_turn") for e in events.get(4, []))
+    assert stt_server["proc"].poll() is None
+
+
+async def test_many_flushes_open_streams_when_the_caller_closes_the_call(stt_server, speech_dir):
+    """A half-close of the call is every open stream's `end`: the open turn is
+    finalized (reason "flush") and each stream ends with status OK."""
+    data = speech(speech_dir, "Please check my order.", "many-flush").astype("<i2").tobytes()
+
+    async def batches():
+        yield stt_pb2.TranscribeBatch(parts=[stt_pb2.TranscribePart(stream_id=9, request=config())])
+        for i in range(0, len(data), 3200):
+            yield stt_pb2.TranscribeBatch(parts=[_audio_part(9, data[i : i + 3200])])
+
+    events, status = await _many(stt_server["target"], batches())
+    assert status == {9: (0, "")}
+    ends = [e.end_of_turn for e in events[9] if e.WhichOneof("event") == "end_of_turn"]
+    assert [e.reason for e in ends] == ["flush"]
+
+
 async def test_metrics_are_exported(stt_server):
     body = await asyncio.to_thread(lambda: urllib.request.urlopen(stt_server["metrics"], timeout=5).read().decode())
     for name in (

@@ -40,6 +40,7 @@ from voxmesh_edge.media import PacedOpusTrack, accelerate, request_opus_fmtp, re
 from voxmesh_edge.onset import OnsetDetector, OnsetOptions
 from voxmesh_edge.playout import Playout, PlayoutTrack, Segment
 from voxmesh_edge.settings import EdgeSettings
+from voxmesh_edge.sttmux import SttStream
 from voxmesh_edge.upstreams import Upstreams
 
 log = logging.getLogger(__name__)
@@ -126,7 +127,10 @@ class EdgeSession:
         if isinstance(self.track, PacedOpusTrack):
             self.echo.sync = self.track.catch_up
         # Inbound audio, 16 kHz PCM, from the very first frame.
+        # The caller's 16 kHz audio for stt: queued until the stt stream is
+        # open (and while it reopens), then written to it directly.
         self.inbound: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self._stt_sink: SttStream | None = None
         self.to_orchestrator: asyncio.Queue[opb.EdgeEvent] = asyncio.Queue()
         self.replies: dict[str, ReplyAudio] = {}
         self._channel = None
@@ -236,7 +240,7 @@ class EdgeSession:
             return
         self.closed.set()
         self._cancel_local_pause()
-        self.inbound.put_nowait(None)
+        self._inbound_ended()
         for reply in self.replies.values():
             _cancel_call(reply.call)
         await cancel_all(self._tasks)
@@ -286,7 +290,7 @@ class EdgeSession:
             pcm = resample(frame_to_mono(frame))
             if pcm.size:
                 self._inbound_audio(pcm)
-        self.inbound.put_nowait(None)
+        self._inbound_ended()
 
     def _inbound_audio(self, pcm: np.ndarray) -> None:
         """16 kHz mono from the caller: to stt's queue, and kept for a replay."""
@@ -296,7 +300,18 @@ class EdgeSession:
         self._samples_in += pcm.size
         self._last_frame_wall = time.monotonic()
         self._keep_for_replay(data)
-        self.inbound.put_nowait(data)
+        if self._stt_sink is not None:
+            self._stt_sink.write(data)
+        else:
+            self.inbound.put_nowait(data)
+
+    def _inbound_ended(self) -> None:
+        """No more audio from the caller: stt flushes the open turn."""
+        if self._stt_sink is not None:
+            self._stt_sink.done_writing()
+            self._stt_sink = None
+        else:
+            self.inbound.put_nowait(None)
 
     def _keep_for_replay(self, data: bytes) -> None:
         self._turn_audio += data
@@ -375,37 +390,27 @@ class EdgeSession:
         )
         if self.session_config is not None:
             config.turn.CopyFrom(self.session_config.turn)
-
-        async def requests():
-            yield stt_pb2.TranscribeRequest(config=config)
-            for i in range(0, len(replay), 6400):
-                yield stt_pb2.TranscribeRequest(audio=replay[i : i + 6400])
-            while True:
-                data = await self.inbound.get()
-                if data is None:
-                    return
-                # Whatever else is already queued goes in the same message: no delay
-                # when stt keeps up, fewer (costly) gRPC writes when the edge is busy.
-                end = False
-                while not self.inbound.empty() and len(data) < 32000:
-                    more = self.inbound.get_nowait()
-                    if more is None:
-                        end = True
-                        break
-                    data += more
-                yield stt_pb2.TranscribeRequest(audio=data)
-                if end:
-                    return
-
-        # wait_for_ready: with every replica down the stream waits for one to
-        # come back instead of failing in a loop.
-        call = self.up.stt.Transcribe(requests(), wait_for_ready=True)
+        # A stream on one of the process's shared stt calls (sttmux): what is
+        # queued goes first, then the caller's audio is written as it comes
+        # (_inbound_audio), in the same step, so nothing is lost or reordered.
+        stream = self.up.stt.open(config)
         try:
-            async for ev in call:
+            if replay:
+                stream.write(replay)
+            while not self.inbound.empty():
+                data = self.inbound.get_nowait()
+                if data is None:
+                    stream.done_writing()
+                    break
+                stream.write(data)
+            else:
+                self._stt_sink = stream
+            async for ev in stream:
                 self._recovered("stt")
                 await self._on_stt_event(ev, utt_map)
         finally:
-            call.cancel()
+            self._stt_sink = None
+            stream.cancel()
 
     def _edge_utterance(self, stt_id: int, utt_map: dict[int, int]) -> int:
         """stt numbers turns per stream; the edge numbers them per session, so a

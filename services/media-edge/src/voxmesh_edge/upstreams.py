@@ -1,5 +1,6 @@
 """gRPC stubs to the services behind the edge, one channel per process shared
-by every session. stt and tts are balanced per stream (round robin over the
+by every session; the sessions' stt streams go many to a call (sttmux). stt
+calls and tts streams are balanced (round robin over the
 resolved addresses); the orchestrator is stateless per call. A target may list
 several replicas (`ipv4:10.0.0.1:50054,10.0.0.2:50054`, or a headless Service
 name the dns resolver expands): round_robin skips one whose connection broke,
@@ -12,6 +13,7 @@ import grpc
 from voxmesh.core.service import GRPC_OPTIONS
 from voxmesh.v1 import orchestrator_pb2_grpc, stt_pb2_grpc, tts_pb2_grpc
 from voxmesh_edge.settings import EdgeSettings
+from voxmesh_edge.sttmux import SttMux
 
 _BALANCED = GRPC_OPTIONS + [
     ("grpc.lb_policy_name", "round_robin"),
@@ -31,10 +33,11 @@ class Upstreams:
             grpc.aio.insecure_channel(settings.tts_target, options=_BALANCED),
             grpc.aio.insecure_channel(settings.orchestrator_target, options=_BALANCED),
         ]
-        self.stt = stt_pb2_grpc.SttStub(self._channels[0])
+        self.stt = SttMux(stt_pb2_grpc.SttStub(self._channels[0]), settings.stt_streams_per_call, settings.stt_batch_ms)
         self.tts = tts_pb2_grpc.TtsStub(self._channels[1])
         self.orchestrator = orchestrator_pb2_grpc.OrchestratorStub(self._channels[2])
 
     async def close(self) -> None:
+        await self.stt.aclose()
         for ch in self._channels:
             await ch.close()

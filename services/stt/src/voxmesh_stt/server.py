@@ -243,16 +243,7 @@ class SttServicer(stt_pb2_grpc.SttServicer):
                 await self._reject(context, str(exc))
                 return
 
-            loop = asyncio.get_running_loop()
-            stream = TurnStream(
-                cfg,
-                vad=self.engine.vad_fn(),
-                decode=self.engine.decode,
-                turn_model=self.engine.turn_fn(),
-                emit=out.put_nowait,
-                clock=loop.time,
-                backlog=self.engine.scheduler.backlog,
-            )
+            stream = self._turn_stream(cfg, out.put_nowait)
             reader = asyncio.ensure_future(self._read(request_iterator, stream, out))
             while True:
                 item = await out.get()
@@ -273,6 +264,87 @@ class SttServicer(stt_pb2_grpc.SttServicer):
             if stream is not None:
                 await stream.aclose()
             active.dec()
+
+    def _turn_stream(self, cfg: StreamConfig, emit) -> TurnStream:
+        return TurnStream(
+            cfg,
+            vad=self.engine.vad_fn(),
+            decode=self.engine.decode,
+            turn_model=self.engine.turn_fn(),
+            emit=emit,
+            clock=asyncio.get_running_loop().time,
+            backlog=self.engine.scheduler.backlog,
+        )
+
+    async def TranscribeMany(
+        self, request_iterator: AsyncIterator[stt_pb2.TranscribeBatch], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[stt_pb2.TranscribeEventBatch]:
+        """Each stream of the call as a Transcribe call of its own (a TurnStream
+        fed in order by its own task); events of all streams go back in batches:
+        whatever is ready when the previous batch has been sent."""
+        out: asyncio.Queue = asyncio.Queue()
+        members: dict[int, _Member] = {}
+        reader = asyncio.ensure_future(self._read_many(request_iterator, members, out))
+        try:
+            while True:
+                part = await out.get()
+                if part is _DONE:
+                    return
+                parts = [part]
+                while not out.empty() and parts[-1] is not _DONE:
+                    parts.append(out.get_nowait())
+                if parts[-1] is _DONE:
+                    parts.pop()
+                    out.put_nowait(_DONE)
+                if parts:
+                    yield stt_pb2.TranscribeEventBatch(parts=parts)
+        finally:
+            if not reader.done():
+                reader.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await reader
+            await asyncio.gather(*(m.aclose() for m in list(members.values())), return_exceptions=True)
+
+    async def _read_many(self, requests: AsyncIterator[stt_pb2.TranscribeBatch], members: dict[int, _Member],
+                         out: asyncio.Queue) -> None:
+        ended: set[int] = set()  # streams that ended here: their parts still in flight are dropped quietly
+        async for batch in requests:
+            for part in batch.parts:
+                sid = part.stream_id
+                member = members.get(sid)
+                kind = part.request.WhichOneof("msg") if part.HasField("request") else None
+                if member is None:
+                    if kind == "config":
+                        ended.discard(sid)
+                        member = _Member(self, sid, part.request.config, out, members, ended)
+                        if member.task is None:
+                            continue  # refused (bad config): its status is on the way
+                        members[sid] = member
+                    elif sid in ended:
+                        continue
+                    else:
+                        if not part.cancel:
+                            _reject_part(out, sid, "the first part of a stream must carry config (TranscribeConfig)")
+                        ended.add(sid)
+                        continue
+                elif kind == "config":
+                    member.fail(BadRequest("config may only be sent once, as a stream's first part"))
+                    continue
+                elif kind == "audio":
+                    await member.feed(part.request.audio)
+                elif kind is None and not (part.end or part.cancel):
+                    member.fail(BadRequest("empty TranscribePart: set request, end or cancel"))
+                    continue
+                if part.cancel:
+                    await member.aclose()
+                elif part.end:
+                    await member.feed(_END)
+        # The caller closed its side: every stream it left open is flushed, as
+        # Transcribe does at a half-close, then the call ends.
+        for member in list(members.values()):
+            await member.feed(_END)
+        await asyncio.gather(*(m.task for m in list(members.values()) if m.task is not None), return_exceptions=True)
+        out.put_nowait(_DONE)
 
     async def _read(self, requests: AsyncIterator[stt_pb2.TranscribeRequest], stream: TurnStream, out: asyncio.Queue) -> None:
         try:
@@ -299,6 +371,108 @@ class SttServicer(stt_pb2_grpc.SttServicer):
         log.warning("bad request", extra={"details": details})
         metric("voxmesh_errors_total").labels("bad_request").inc()
         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, details)
+
+
+_END = object()
+
+
+def _status_part(sid: int, code: grpc.StatusCode, details: str = "") -> stt_pb2.TranscribeEventPart:
+    return stt_pb2.TranscribeEventPart(stream_id=sid, status=stt_pb2.StreamStatus(code=code.value[0], details=details))
+
+
+def _reject_part(out: asyncio.Queue, sid: int, details: str) -> None:
+    log.warning("bad request", extra={"details": details, "stream_id": sid})
+    metric("voxmesh_errors_total").labels("bad_request").inc()
+    out.put_nowait(_status_part(sid, grpc.StatusCode.INVALID_ARGUMENT, details))
+
+
+class _Member:
+    """One stream of a TranscribeMany call: its TurnStream, fed in order by its
+    own task so that one stream's VAD or flush never holds up the others."""
+
+    # Audio queued for one stream before the call's reader waits for it (gRPC
+    # flow control then holds the caller back): ~10 s at 40 ms a part.
+    MAX_QUEUED = 250
+
+    def __init__(self, servicer: SttServicer, sid: int, config: stt_pb2.TranscribeConfig, out: asyncio.Queue,
+                 members: dict[int, _Member], ended: set[int]) -> None:
+        self.sid = sid
+        self._out = out
+        self._members = members
+        self._ended = ended
+        self.queue: asyncio.Queue = asyncio.Queue(self.MAX_QUEUED)
+        self.stream: TurnStream | None = None
+        self.task: asyncio.Task | None = None
+        self._active = False
+        token = session_id_var.set(config.session_id or None)
+        try:
+            cfg = stream_config(servicer.engine.settings, config)
+        except BadRequest as exc:
+            self._finish()
+            _reject_part(out, sid, str(exc))
+            return
+        else:
+            self.stream = servicer._turn_stream(cfg, self._emit)
+            metric("voxmesh_stt_active_streams").inc()
+            self._active = True
+            self.task = asyncio.ensure_future(self._run())  # the task keeps the session id for its logs
+        finally:
+            session_id_var.reset(token)
+
+    def _emit(self, ev: Event) -> None:
+        self._out.put_nowait(stt_pb2.TranscribeEventPart(stream_id=self.sid, event=to_proto(ev)))
+
+    async def feed(self, item) -> None:
+        if self.task is not None and not self.task.done():
+            await self.queue.put(item)
+
+    def fail(self, exc: BadRequest) -> None:
+        if self.task is not None and not self.task.done():
+            self.task.cancel()
+        self._finish()
+        _reject_part(self._out, self.sid, str(exc))
+        if self.stream is not None:
+            asyncio.ensure_future(self.stream.aclose())
+
+    async def _run(self) -> None:
+        try:
+            while True:
+                item = await self.queue.get()
+                if item is _END:
+                    await self.stream.finish()
+                    self._finish()
+                    self._out.put_nowait(_status_part(self.sid, grpc.StatusCode.OK))
+                    return
+                await self.stream.feed(item)
+        except asyncio.CancelledError:
+            raise
+        except BadRequest as exc:
+            self._finish()
+            _reject_part(self._out, self.sid, str(exc))
+        except Exception as exc:
+            log.exception("stream failed")
+            metric("voxmesh_errors_total").labels("stream").inc()
+            self._finish()
+            self._out.put_nowait(_status_part(self.sid, grpc.StatusCode.INTERNAL, f"stt stream failed: {type(exc).__name__}: {exc}"))
+
+    def _finish(self) -> None:
+        """The stream is over: its id is free, later parts for it are dropped."""
+        if self._members.get(self.sid) is self:
+            del self._members[self.sid]
+        self._ended.add(self.sid)
+        if self._active:
+            self._active = False
+            metric("voxmesh_stt_active_streams").dec()
+
+    async def aclose(self) -> None:
+        """Drop the stream (the caller cancelled it, or the call is over)."""
+        if self.task is not None and not self.task.done():
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self.task
+        self._finish()
+        if self.stream is not None:
+            await self.stream.aclose()
 
 
 async def serve(settings: SttSettings, stop_event: asyncio.Event | None = None, port: int | None = None) -> None:

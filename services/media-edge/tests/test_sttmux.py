@@ -1,0 +1,178 @@
+"""The edge's stt streams over shared TranscribeMany calls (voxmesh_edge.sttmux),
+against an in-process TEST DOUBLE of stt over real gRPC: it records every
+message it gets, answers each stream's audio with an Interim naming the bytes
+so far, a bad sample rate with INVALID_ARGUMENT, `end` with status OK, and
+aborts the whole call on request. The real stt's side of TranscribeMany is
+tested with its models in services/stt/tests/test_service.py."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import pytest
+
+from voxmesh.testing.servers import free_port
+from voxmesh.v1 import stt_pb2, stt_pb2_grpc
+from voxmesh_edge.sttmux import SttMux
+
+BREAK = b"break!"  # audio that makes the double abort the call
+
+
+class SttManyDouble(stt_pb2_grpc.SttServicer):
+    """Test double of stt's TranscribeMany."""
+
+    def __init__(self) -> None:
+        self.messages: list[list[stt_pb2.TranscribePart]] = []
+        self.calls = 0
+
+    async def TranscribeMany(self, request_iterator, context):
+        self.calls += 1
+        received: dict[int, int] = {}
+        async for batch in request_iterator:
+            self.messages.append(list(batch.parts))
+            out = []
+            for part in batch.parts:
+                sid = part.stream_id
+                kind = part.request.WhichOneof("msg")
+                if kind == "config":
+                    if part.request.config.sample_rate != 16000:
+                        out.append(stt_pb2.TranscribeEventPart(stream_id=sid, status=stt_pb2.StreamStatus(
+                            code=grpc.StatusCode.INVALID_ARGUMENT.value[0], details="sample_rate must be 16000")))
+                        continue
+                    received[sid] = 0
+                elif kind == "audio":
+                    if part.request.audio == BREAK:
+                        await context.abort(grpc.StatusCode.UNAVAILABLE, "replica going away")
+                    if sid not in received:
+                        continue
+                    received[sid] += len(part.request.audio)
+                    out.append(stt_pb2.TranscribeEventPart(stream_id=sid, event=stt_pb2.TranscribeEvent(
+                        interim=stt_pb2.Interim(text=f"{received[sid]} bytes"))))
+                if part.end and sid in received:
+                    out.append(stt_pb2.TranscribeEventPart(stream_id=sid, status=stt_pb2.StreamStatus(code=0)))
+                if part.end or part.cancel:
+                    received.pop(sid, None)
+            if out:
+                yield stt_pb2.TranscribeEventBatch(parts=out)
+
+
+@pytest.fixture
+async def stt():
+    double = SttManyDouble()
+    server = grpc.aio.server()
+    stt_pb2_grpc.add_SttServicer_to_server(double, server)
+    port = free_port()
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    await server.start()
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    double.stub = stt_pb2_grpc.SttStub(channel)
+    try:
+        yield double
+    finally:
+        await channel.close()
+        await server.stop(None)
+
+
+def cfg(sample_rate: int = 16000) -> stt_pb2.TranscribeConfig:
+    return stt_pb2.TranscribeConfig(session_id="s", sample_rate=sample_rate)
+
+
+async def texts(stream) -> list[str]:
+    return [ev.interim.text async for ev in stream]
+
+
+async def until(cond, timeout: float = 5.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not cond():
+            await asyncio.sleep(0.005)
+
+
+async def test_streams_share_calls_and_a_message_carries_every_stream_s_audio(stt):
+    mux = SttMux(stt.stub, streams_per_call=2, batch_ms=30)
+    streams = [mux.open(cfg()) for _ in range(3)]
+    assert len(mux.calls) == 2  # 2 streams on the first call, the third on a new one
+    for n in range(5):  # five chunks of each stream, 10 ms apart: all inside one window
+        for i, s in enumerate(streams):
+            s.write(bytes([i]) * 640)
+        await asyncio.sleep(0.005)
+    await until(lambda: len(stt.messages) == 2)
+    await asyncio.sleep(0.05)
+    assert len(stt.messages) == 2  # one message per call, not one per chunk
+    first = stt.messages[0]
+    assert [p.request.WhichOneof("msg") for p in first] == ["config", "audio", "config", "audio"]
+    assert [len(p.request.audio) for p in first if p.request.audio] == [3200, 3200]  # the chunks merged, in order
+    for s in streams:
+        s.done_writing()
+    got = await asyncio.gather(*(texts(s) for s in streams))
+    assert got == [["3200 bytes"]] * 3  # each stream's own events, then its end
+    await until(lambda: not mux.calls)  # calls with no streams left close
+    await mux.aclose()
+
+
+async def test_no_window_sends_each_chunk_at_once(stt):
+    mux = SttMux(stt.stub, batch_ms=0)
+    s = mux.open(cfg())
+    s.write(b"\1" * 640)
+    await until(lambda: len(stt.messages) == 1)
+    s.write(b"\1" * 640)
+    await until(lambda: len(stt.messages) == 2)
+    assert [len(p.request.audio) for p in stt.messages[1]] == [640]
+    s.cancel()
+    await mux.aclose()
+
+
+async def test_a_stream_s_error_status_ends_that_stream_alone(stt):
+    mux = SttMux(stt.stub, batch_ms=5)
+    bad, good = mux.open(cfg(sample_rate=8000)), mux.open(cfg())
+    bad.write(b"\1" * 640)
+    good.write(b"\1" * 640)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await texts(bad)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "sample_rate" in err.value.details()
+    good.write(b"\1" * 640)
+    good.done_writing()
+    assert await texts(good) == ["640 bytes", "1280 bytes"]
+    bad.write(b"\1" * 640)  # a write to an ended stream is dropped, not raised
+    await mux.aclose()
+
+
+async def test_a_broken_call_fails_every_stream_on_it_and_new_streams_get_a_new_call(stt):
+    mux = SttMux(stt.stub, batch_ms=5)
+    a, b = mux.open(cfg()), mux.open(cfg())
+    a.write(b"\1" * 640)
+    await until(lambda: len(stt.messages) == 1)
+    b.write(BREAK)
+    for s in (a, b):
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await texts(s)
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    c = mux.open(cfg())  # what a session does next: a stream on a fresh call
+    c.write(b"\1" * 640)
+    c.done_writing()
+    assert await texts(c) == ["640 bytes"]
+    assert stt.calls == 2
+    await mux.aclose()
+
+
+async def test_cancel_tells_stt_and_ends_the_stream_without_flush(stt):
+    mux = SttMux(stt.stub, batch_ms=5)
+    a, b = mux.open(cfg()), mux.open(cfg())
+    b.write(b"\1" * 640)
+    await until(lambda: len(stt.messages) == 1)
+    a.cancel()
+    b.write(b"\1" * 640)
+    b.done_writing()
+    assert await texts(b) == ["640 bytes", "1280 bytes"]
+    assert await texts(a) == []  # ended at once: what stt still had for it is dropped
+    cancels = [p for m in stt.messages for p in m if p.cancel]
+    assert [p.stream_id for p in cancels] == [a.id]
+    await mux.aclose()
+
+
+def test_settings_are_checked():
+    with pytest.raises(ValueError, match="streams_per_call"):
+        SttMux(None, streams_per_call=0)
+    with pytest.raises(ValueError, match="batch_ms"):
+        SttMux(None, batch_ms=-1)
