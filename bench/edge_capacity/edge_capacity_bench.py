@@ -139,6 +139,22 @@ def cpu_seconds(pid: int) -> float:
     return total
 
 
+def core_times() -> dict[int, tuple[int, int]]:
+    """(busy, all) clock ticks per core since boot (/proc/stat)."""
+    out = {}
+    for line in open("/proc/stat"):
+        name, *fields = line.split()
+        if name.startswith("cpu") and name[3:].isdigit():
+            v = [int(x) for x in fields]
+            out[int(name[3:])] = (sum(v) - v[3] - v[4], sum(v))  # all but idle and iowait
+    return out
+
+
+def busy_pct(before: dict, after: dict, cpus: set[int] | None) -> dict[int, float]:
+    return {c: round(100 * (after[c][0] - before[c][0]) / max(1, after[c][1] - before[c][1]), 1)
+            for c in sorted(cpus or after)}
+
+
 def thread_cpu(pid: int) -> dict[str, tuple[float, float]]:
     """(user s, system s) per thread name of the edge's processes; a process's
     main thread (the event loop) is "loop", apart from its other Python threads
@@ -337,6 +353,7 @@ async def run_one(n: int, args, redis_url: str, doubles_port: int, stt, loop_pat
                 raise RuntimeError(f"clients failed: see {workdir}")
         await asyncio.sleep(args.warmup)
         m0, c0, t0, th0, rd0 = await scrape(url), cpu_seconds(edge.pid), time.monotonic(), thread_cpu(edge.pid), run_delay(edge.pid)
+        k0 = core_times()
         s0 = stt_totals(stt)
         spy = None
         if args.profile:
@@ -348,6 +365,7 @@ async def run_one(n: int, args, redis_url: str, doubles_port: int, stt, loop_pat
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         await asyncio.sleep(args.seconds)
         m1, c1, t1, th1, rd1 = await scrape(url), cpu_seconds(edge.pid), time.monotonic(), thread_cpu(edge.pid), run_delay(edge.pid)
+        k1 = core_times()
         s1 = stt_totals(stt)
         if spy is not None:
             await asyncio.to_thread(spy.wait, 60)
@@ -366,6 +384,9 @@ async def run_one(n: int, args, redis_url: str, doubles_port: int, stt, loop_pat
     row["edge_threads_user+sys"] = cpu_split(th0, th1, t1 - t0)
     row["edge_waiting_for_cpu_pct"] = round(100 * (rd1[1] - rd0[1]) / (t1 - t0), 1)
     row["edge_loop_waiting_for_cpu_pct"] = round(100 * (rd1[0] - rd0[0]) / (t1 - t0), 1)
+    # How busy the callers' cores were: near 100 %, the load generator itself
+    # falls behind and sends in bursts, and the edge's figures say less.
+    row["client_cores_busy_pct"] = busy_pct(k0, k1, cpu_list(args.client_cpus))
     prof = workdir / f"profile-{n}.txt"
     if args.profile and prof.exists():
         row["profile_pct"] = {k: round(v, 1) for k, v in profile_breakdown(prof)}
