@@ -42,10 +42,10 @@ from dataclasses import dataclass
 import aiohttp
 import av
 import numpy as np
-from aiortc import RTCPeerConnection, RTCSessionDescription
+from aiortc import RTCPeerConnection, RTCRtpSender, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-from voxmesh_edge.media import accelerate_receiver
+from voxmesh_edge.media import FastSender, _sender_supported, accelerate_receiver
 
 RATE = 48000
 FRAME = 960
@@ -234,6 +234,14 @@ class LoopMic(MediaStreamTrack):
         return p
 
 
+class BrowserRtcpSender(RTCRtpSender):
+    """aiortc's sender with a browser's audio RTCP cadence: a sender report
+    every ~5 s (libwebrtc's audio report interval, randomized 0.5-1.5x), not
+    every second. The edge's own sender does the same (FastSender._run_rtcp)."""
+
+    _run_rtcp = FastSender._run_rtcp
+
+
 class Caller:
     def __init__(self, variants: dict[bool, tuple[dict, dict]], marker_every: int, phase: int,
                  schedule: TalkSchedule | None = None, fast_receive: bool = True) -> None:
@@ -288,8 +296,13 @@ class Caller:
             # decoder thread): 60 callers on the load generator's one core must
             # not fall behind and send in bursts, which the edge would then
             # show as its own lateness. Frames still come through the track.
+            # Their reports at a browser's cadence too (the receiver's comes with
+            # accelerate_receiver): aiortc's stock 1 s would be 5x the RTCP a
+            # browser sends the edge.
             (transceiver,) = self.pc.getTransceivers()
             accelerate_receiver(transceiver.receiver, chunk_ms=20)
+            if _sender_supported(transceiver.sender):
+                transceiver.sender.__class__ = BrowserRtcpSender
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=body, type="answer"))
 
     async def stats(self) -> dict:

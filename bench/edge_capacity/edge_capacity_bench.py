@@ -12,8 +12,9 @@ What runs (all on this machine):
   aiortc PeerConnections playing speech on a loop and recording the reply,
   which they receive on the edge's own fast receive path (16 kHz decode in the
   loop, no decoder thread) so that 60+ of them keep time on one core as
-  browsers on their own machines do; --caller-stock-receive gives them
-  aiortc's stock receiver (a decoder thread each), under which they fall
+  browsers on their own machines do, and they send RTCP at a browser's audio
+  cadence (~5 s, not aiortc's 1 s); --caller-stock-receive gives them
+  aiortc's stock receiver (a decoder thread each) and 1 s RTCP, under which they fall
   behind and send in bursts, and the edge then merges more of its stt
   messages (fewer, bigger) than with steady callers.
 

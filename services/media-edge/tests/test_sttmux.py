@@ -14,7 +14,7 @@ import pytest
 
 from voxmesh.testing.servers import free_port
 from voxmesh.v1 import stt_pb2, stt_pb2_grpc
-from voxmesh_edge.sttmux import SttMux
+from voxmesh_edge.sttmux import SttMux, parse_target
 
 BREAK = b"break!"  # audio that makes the double abort the call
 
@@ -57,21 +57,35 @@ class SttManyDouble(stt_pb2_grpc.SttServicer):
                 yield stt_pb2.TranscribeEventBatch(parts=out)
 
 
-@pytest.fixture
-async def stt():
+async def start_double() -> tuple[SttManyDouble, grpc.aio.Server, str]:
     double = SttManyDouble()
     server = grpc.aio.server()
     stt_pb2_grpc.add_SttServicer_to_server(double, server)
     port = free_port()
     server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
-    double.stub = stt_pb2_grpc.SttStub(channel)
+    return double, server, f"127.0.0.1:{port}"
+
+
+@pytest.fixture
+async def stt():
+    double, server, address = await start_double()
+    double.target = address
     try:
         yield double
     finally:
-        await channel.close()
         await server.stop(None)
+
+
+@pytest.fixture
+async def two_stt():
+    """Two replicas of the double: ([doubles], [servers], static target)."""
+    a, b = await start_double(), await start_double()
+    try:
+        yield [a[0], b[0]], [a[1], b[1]], f"ipv4:{a[2]},{b[2]}"
+    finally:
+        for server in (a[1], b[1]):
+            await server.stop(None)
 
 
 def cfg(sample_rate: int = 16000) -> stt_pb2.TranscribeConfig:
@@ -88,30 +102,92 @@ async def until(cond, timeout: float = 5.0) -> None:
             await asyncio.sleep(0.005)
 
 
-async def test_streams_share_calls_and_a_message_carries_every_stream_s_audio(stt):
-    mux = SttMux(stt.stub, streams_per_call=2, batch_ms=30)
+async def test_streams_share_a_call_and_a_message_carries_every_stream_s_audio(stt):
+    mux = SttMux(stt.target, batch_ms=30)
     streams = [mux.open(cfg()) for _ in range(3)]
-    assert len(mux.calls) == 2  # 2 streams on the first call, the third on a new one
-    for n in range(5):  # five chunks of each stream, 10 ms apart: all inside one window
+    assert len(mux.calls) == 1
+    for n in range(5):  # five chunks of each stream, 5 ms apart: all inside one window
         for i, s in enumerate(streams):
             s.write(bytes([i]) * 640)
         await asyncio.sleep(0.005)
-    await until(lambda: len(stt.messages) == 2)
-    await asyncio.sleep(0.05)
-    assert len(stt.messages) == 2  # one message per call, not one per chunk
+    await until(lambda: len(stt.messages) == 1)
+    await asyncio.sleep(0.06)
+    assert len(stt.messages) == 1  # one message, not one per chunk
     first = stt.messages[0]
-    assert [p.request.WhichOneof("msg") for p in first] == ["config", "audio", "config", "audio"]
-    assert [len(p.request.audio) for p in first if p.request.audio] == [3200, 3200]  # the chunks merged, in order
+    assert [p.request.WhichOneof("msg") for p in first] == ["config", "audio"] * 3
+    assert [len(p.request.audio) for p in first if p.request.audio] == [3200] * 3  # the chunks merged, in order
+    assert [p.request.audio[:1] for p in first if p.request.audio] == [b"\0", b"\1", b"\2"]
     for s in streams:
         s.done_writing()
     got = await asyncio.gather(*(texts(s) for s in streams))
     assert got == [["3200 bytes"]] * 3  # each stream's own events, then its end
-    await until(lambda: not mux.calls)  # calls with no streams left close
+    await until(lambda: not mux.calls)  # a call with no streams left closes
     await mux.aclose()
 
 
+async def test_streams_go_to_the_replica_with_the_fewest_and_a_broken_one_is_avoided(two_stt):
+    doubles, servers, target = two_stt
+    mux = SttMux(target, batch_ms=5)
+    streams = [mux.open(cfg()) for _ in range(6)]
+    assert sorted(r.streams for r in mux.replicas.values()) == [3, 3]
+    assert len(mux.calls) == 2  # one call per replica
+    for s in streams:
+        s.write(b"\1" * 640)
+    await until(lambda: all(d.messages for d in doubles))
+    # Replica 0 goes away: its three streams fail; the sessions reopen theirs,
+    # and every new stream goes to the replica that is left.
+    doomed = [s for s in streams if s._call.replica.address == target.split(":", 1)[1].split(",")[0]]
+    await servers[0].stop(None)
+    for s in doomed:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await texts(s)
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    moved = [mux.open(cfg()) for _ in doomed]
+    assert {s._call.replica.address for s in moved} == {target.rsplit(",", 1)[1]}
+    for s in moved:
+        s.write(b"\1" * 640)
+        s.done_writing()
+        assert await texts(s) == ["640 bytes"]
+    await mux.aclose()
+
+
+async def test_a_name_is_resolved_again_and_new_replicas_take_new_streams(two_stt):
+    doubles, servers, target = two_stt
+    a, b = target.split(":", 1)[1].split(",")
+    answers = [[a], [a, b]]
+
+    async def resolver(host: str, port: int) -> list[str]:
+        assert (host, port) == ("stt-headless", 50051)
+        return answers[0]
+
+    mux = SttMux("dns:///stt-headless:50051", batch_ms=5, resolve_s=0.02, resolver=resolver)
+    first = mux.open(cfg())  # before the first answer: the target as gRPC resolves it
+    await until(lambda: a in mux.replicas)
+    second = mux.open(cfg())
+    assert second._call.replica.address == a
+    answers[0] = [a, b]  # scaled up: b has none of this process's streams, so it takes the next
+    await until(lambda: b in mux.replicas)
+    third = mux.open(cfg())
+    assert third._call.replica.address == b
+    answers[0] = [b]  # a is gone from the name: nothing new goes there
+    await until(lambda: not mux.replicas[a].listed)
+    assert {mux.open(cfg())._call.replica.address for _ in range(3)} == {b}
+    for s in (first, second, third):
+        s.cancel()
+    await mux.aclose()
+
+
+def test_targets_are_read_as_grpc_reads_them():
+    assert parse_target("127.0.0.1:50051") == (["127.0.0.1:50051"], None)
+    assert parse_target("ipv4:10.0.0.1:5,10.0.0.2:5") == (["10.0.0.1:5", "10.0.0.2:5"], None)
+    assert parse_target("dns:///stt-headless.voice.svc.cluster.local:50051") == (None, ("stt-headless.voice.svc.cluster.local", 50051))
+    assert parse_target("stt:50051") == (None, ("stt", 50051))
+    assert parse_target("[::1]:50051") == (["[::1]:50051"], None)
+    assert parse_target("unix:/run/stt.sock") == (["unix:/run/stt.sock"], None)
+
+
 async def test_no_window_sends_each_chunk_at_once(stt):
-    mux = SttMux(stt.stub, batch_ms=0)
+    mux = SttMux(stt.target, batch_ms=0)
     s = mux.open(cfg())
     s.write(b"\1" * 640)
     await until(lambda: len(stt.messages) == 1)
@@ -123,7 +199,7 @@ async def test_no_window_sends_each_chunk_at_once(stt):
 
 
 async def test_a_stream_s_error_status_ends_that_stream_alone(stt):
-    mux = SttMux(stt.stub, batch_ms=5)
+    mux = SttMux(stt.target, batch_ms=5)
     bad, good = mux.open(cfg(sample_rate=8000)), mux.open(cfg())
     bad.write(b"\1" * 640)
     good.write(b"\1" * 640)
@@ -139,7 +215,7 @@ async def test_a_stream_s_error_status_ends_that_stream_alone(stt):
 
 
 async def test_a_broken_call_fails_every_stream_on_it_and_new_streams_get_a_new_call(stt):
-    mux = SttMux(stt.stub, batch_ms=5)
+    mux = SttMux(stt.target, batch_ms=5)
     a, b = mux.open(cfg()), mux.open(cfg())
     a.write(b"\1" * 640)
     await until(lambda: len(stt.messages) == 1)
@@ -148,7 +224,7 @@ async def test_a_broken_call_fails_every_stream_on_it_and_new_streams_get_a_new_
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await texts(s)
         assert err.value.code() == grpc.StatusCode.UNAVAILABLE
-    c = mux.open(cfg())  # what a session does next: a stream on a fresh call
+    c = mux.open(cfg())  # what a session does next: a stream on a fresh call (one replica: the same)
     c.write(b"\1" * 640)
     c.done_writing()
     assert await texts(c) == ["640 bytes"]
@@ -157,7 +233,7 @@ async def test_a_broken_call_fails_every_stream_on_it_and_new_streams_get_a_new_
 
 
 async def test_cancel_tells_stt_and_ends_the_stream_without_flush(stt):
-    mux = SttMux(stt.stub, batch_ms=5)
+    mux = SttMux(stt.target, batch_ms=5)
     a, b = mux.open(cfg()), mux.open(cfg())
     b.write(b"\1" * 640)
     await until(lambda: len(stt.messages) == 1)
@@ -172,7 +248,5 @@ async def test_cancel_tells_stt_and_ends_the_stream_without_flush(stt):
 
 
 def test_settings_are_checked():
-    with pytest.raises(ValueError, match="streams_per_call"):
-        SttMux(None, streams_per_call=0)
     with pytest.raises(ValueError, match="batch_ms"):
-        SttMux(None, batch_ms=-1)
+        SttMux("127.0.0.1:1", batch_ms=-1)

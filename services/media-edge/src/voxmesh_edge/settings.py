@@ -19,15 +19,15 @@ class EdgeSettings:
     stt_target: str = "127.0.0.1:50051"
     tts_target: str = "127.0.0.1:50053"
     orchestrator_target: str = "127.0.0.1:50054"
-    # Sessions' stt streams share TranscribeMany calls, at most this many to a
-    # call (voxmesh_edge.sttmux): fewer gRPC messages for the edge and stt, and
-    # a call goes to one stt replica, so more (smaller) calls spread sessions
-    # over replicas more finely. 1 = a call per session.
-    stt_streams_per_call: int = 16
-    # ... and a call's message carries what its streams gathered in this window
-    # (from the first chunk on): up to this much later at stt, for ~10x fewer
-    # messages at 60 sessions. 0 = each chunk at once.
+    # The sessions' stt streams share one TranscribeMany call per stt replica
+    # (voxmesh_edge.sttmux), each new stream on the replica with the fewest of
+    # this process's streams. A call's message carries what its streams
+    # gathered in this window (from the first chunk on): up to this much later
+    # at stt, for ~3-10x fewer gRPC messages. 0 = each chunk at once.
     stt_batch_ms: float = 10.0
+    # How often a stt target that is a name (the chart's headless Service) is
+    # resolved again to see replicas come and go.
+    stt_resolve_s: float = 5.0
     redis_url: str = "redis://127.0.0.1:6379/0"
     agent: str = ""                    # agent config name sent to the orchestrator ("" = its default)
     max_sdp_bytes: int = 64 * 1024

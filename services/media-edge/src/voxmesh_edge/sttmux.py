@@ -18,17 +18,26 @@ gave it (INVALID_ARGUMENT for bad input), and a broken call fails every stream
 on it with the call's status, so the session's reconnect and replay logic is
 the same as with a call of its own.
 
-Balancing: a call goes to one stt replica (the channel's round robin picks one
-per call), so a call takes at most `streams_per_call` streams and the next
-session opens a new call, which round robin sends to the next replica. An edge
-process with 60 sessions holds 4 calls at the default of 16.
+Placement: a call goes to one stt replica, so the edge places sessions itself
+rather than leaving it to gRPC's round robin per call. It keeps one call per
+replica it uses (the replicas from the target: a static `ipv4:` list, or a
+name resolved every `resolve_s`, e.g. the stt headless Service) and opens each
+new stream on the replica with the fewest of this process's streams, skipping
+for a while a replica whose call just broke. Balance is per session, as with a
+call per session, and a message carries everything this process has for that
+replica: many sessions with a few large replicas, less with many small ones.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
+import random
+import socket
+import time
+from collections.abc import Awaitable, Callable
 
 import grpc
 
@@ -103,15 +112,16 @@ class _MuxCall:
     """One TranscribeMany call: a writer task that batches, a reader task that
     hands each event to its stream."""
 
-    def __init__(self, mux: SttMux) -> None:
+    def __init__(self, mux: SttMux, replica: _Replica, wait_for_ready: bool) -> None:
         self._mux = mux
+        self.replica = replica
         self.streams: dict[int, SttStream] = {}
         self._pending: dict[int, _Pending] = {}
         self._wake = asyncio.Event()
         self._timer: asyncio.TimerHandle | None = None
         self.closing = False
         self.messages = 0  # sent, for tests and benchmarks
-        self._call = mux.stub.TranscribeMany(wait_for_ready=True)
+        self._call = replica.stub.TranscribeMany(wait_for_ready=wait_for_ready)
         self._writer = asyncio.ensure_future(self._write_loop())
         self._reader = asyncio.ensure_future(self._read_loop())
 
@@ -148,7 +158,8 @@ class _MuxCall:
         if stream.done:
             return
         stream.done = True
-        self.streams.pop(stream.id, None)
+        if self.streams.pop(stream.id, None) is not None:
+            self.replica.streams -= 1
         if cancel:
             p = self._part(stream.id)
             p.config, p.audio, p.end, p.cancel = None, bytearray(), False, True
@@ -225,11 +236,14 @@ class _MuxCall:
             self.fail(exc)
 
     def fail(self, exc: grpc.aio.AioRpcError) -> None:
-        """The call is broken: every stream on it ends with its status."""
+        """The call is broken: every stream on it ends with its status, and
+        new streams avoid the replica for a while."""
         self._mux.forget(self)
         self.closing = True
         if self.streams:
-            log.warning("stt call broke", extra={"code": exc.code().name, "streams": len(self.streams)})
+            self.replica.down_until = time.monotonic() + self._mux.avoid_s
+            log.warning("stt call broke", extra={"code": exc.code().name, "streams": len(self.streams),
+                                                 "replica": self.replica.address})
         for stream in list(self.streams.values()):
             self.finish(stream, error=exc)
         self._pending.clear()
@@ -249,39 +263,162 @@ class _MuxCall:
                 await task
 
 
-class SttMux:
-    """The edge process's stt streams over as few TranscribeMany calls as
-    `streams_per_call` allows."""
+class _Replica:
+    """An stt replica this process may use: its channel and its open call."""
 
-    def __init__(self, stub: stt_pb2_grpc.SttStub, streams_per_call: int = 16, batch_ms: float = 10.0) -> None:
-        if streams_per_call < 1:
-            raise ValueError(f"streams_per_call must be at least 1, got {streams_per_call}")
+    def __init__(self, address: str, options: list) -> None:
+        self.address = address
+        self.channel = grpc.aio.insecure_channel(address, options=options)
+        self.stub = stt_pb2_grpc.SttStub(self.channel)
+        self.call: _MuxCall | None = None
+        self.streams = 0  # this process's open streams on it
+        self.down_until = 0.0  # its call broke: avoided until then
+        self.listed = True  # in the latest resolution of the target
+
+
+def parse_target(target: str) -> tuple[list[str] | None, tuple[str, int] | None]:
+    """(static addresses, None) or (None, (host, port) to resolve) for a gRPC
+    target: `ipv4:a:p,b:p` and IP literals are static; `dns:///host:port` and
+    `host:port` are resolved; anything else (a unix socket, say) is one replica."""
+    if target.startswith(("ipv4:", "ipv6:")):
+        return [a.strip() for a in target.split(":", 1)[1].split(",") if a.strip()], None
+    if target.startswith("dns:"):
+        rest = target[4:]
+        if rest.startswith("//"):  # dns:///host:port or dns://authority/host:port
+            rest = rest[2:].split("/", 1)[-1]
+    elif ":/" in target or target.startswith(("unix:", "unix-abstract:", "vsock:")):
+        return [target], None
+    else:
+        rest = target
+    host, sep, port = rest.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        return [target], None
+    host = host.strip("[]")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return None, (host, int(port))
+    return [rest], None
+
+
+Resolver = Callable[[str, int], Awaitable[list[str]]]
+
+
+async def resolve_addresses(host: str, port: int) -> list[str]:
+    """The name's addresses now ("ip:port", "[ip6]:port"), as gRPC's dns resolver sees them."""
+    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    # IPv4 when there is any: "localhost" is 127.0.0.1 and ::1, one server that
+    # may listen on one of them only, and a replica that never answers would
+    # hold its sessions' streams.
+    infos = [i for i in infos if i[0] == socket.AF_INET] or infos
+    out = []
+    for family, _, _, _, addr in infos:
+        a = f"[{addr[0]}]:{addr[1]}" if family == socket.AF_INET6 else f"{addr[0]}:{addr[1]}"
+        if a not in out:
+            out.append(a)
+    return out
+
+
+class SttMux:
+    """The edge process's stt streams: one TranscribeMany call per replica,
+    each new stream on the least-loaded replica (see the module doc)."""
+
+    def __init__(self, target: str, options: list | None = None, batch_ms: float = 10.0, resolve_s: float = 5.0,
+                 avoid_s: float = 2.0, resolver: Resolver = resolve_addresses) -> None:
         if batch_ms < 0:
             raise ValueError(f"batch_ms must not be negative, got {batch_ms}")
-        self.stub = stub
-        self.streams_per_call = streams_per_call
         self.batch_s = batch_ms / 1000
+        self.avoid_s = avoid_s
+        self._options = list(options or [])
+        self._resolve_s = resolve_s
+        self._resolver = resolver
+        self.replicas: dict[str, _Replica] = {}
         self.calls: list[_MuxCall] = []
         self._retired: set[_MuxCall] = set()
         self._next_id = 0
+        static, self._name = parse_target(target)
+        self._target = target
+        self._resolving: asyncio.Task | None = None
+        self._resolve_failed = False
+        for address in static or []:
+            self.replicas[address] = _Replica(address, self._options)
 
     def open(self, config: stt_pb2.TranscribeConfig) -> SttStream:
-        """A new stream: on a call with room, or on a new call."""
-        call = next((c for c in self.calls if not c.closing and len(c.streams) < self.streams_per_call), None)
-        if call is None:
-            call = _MuxCall(self)
+        """A new stream on the replica with the fewest of this process's streams."""
+        if self._name is not None and self._resolving is None:
+            self._resolving = asyncio.ensure_future(self._resolve_loop())
+        replica, choices = self._pick()
+        call = replica.call
+        if call is None or call.closing:
+            # With one replica, its call waits for it (a restart, say) rather than
+            # failing in a loop; with several, one that cannot be reached fails
+            # the call at once and its streams move to another.
+            call = replica.call = _MuxCall(self, replica, wait_for_ready=choices == 1)
             self.calls.append(call)
         self._next_id = (self._next_id + 1) % (1 << 32)
+        replica.streams += 1
         return call.open(self._next_id, config)
+
+    def _pick(self) -> tuple[_Replica, int]:
+        listed = [r for r in self.replicas.values() if r.listed]
+        if not listed:
+            # Not resolved yet (or resolving to nothing): the target as gRPC
+            # resolves it, balanced per call, until the name resolves.
+            listed = [self.replicas.get(self._target) or self.replicas.setdefault(
+                self._target, _Replica(self._target, self._options))]
+        now = time.monotonic()
+        usable = [r for r in listed if r.down_until <= now] or listed
+        least = min(r.streams for r in usable)
+        return random.choice([r for r in usable if r.streams == least]), len(listed)
+
+    async def _resolve_loop(self) -> None:
+        host, port = self._name
+        while True:
+            try:
+                addresses = await self._resolver(host, port)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if not self._resolve_failed:
+                    log.warning("stt target did not resolve; keeping the replicas known", extra={"target": self._target, "error": str(exc)})
+                self._resolve_failed = True
+            else:
+                self._resolve_failed = False
+                self._update(addresses)
+            await asyncio.sleep(self._resolve_s)
+
+    def _update(self, addresses: list[str]) -> None:
+        """The replicas now listed: new ones take new streams at once; one no
+        longer listed takes none, and goes once its streams have ended."""
+        if not addresses:
+            return  # nothing ready right now: keep what we had (its calls wait or fail on their own)
+        for address in addresses:
+            if address in self.replicas:
+                self.replicas[address].listed = True
+            else:
+                self.replicas[address] = _Replica(address, self._options)
+        for address, r in list(self.replicas.items()):
+            if address not in addresses:
+                r.listed = False
+                if r.streams == 0 and (r.call is None or r.call.closing):
+                    del self.replicas[address]
+                    asyncio.ensure_future(r.channel.close(grace=5))
 
     def forget(self, call: _MuxCall) -> None:
         """The call takes no new streams (closing or broken); kept until closed."""
+        if call.replica.call is call:
+            call.replica.call = None
         if call in self.calls:
             self.calls.remove(call)
             self._retired.add(call)
             call._reader.add_done_callback(lambda _t: self._retired.discard(call))
 
     async def aclose(self) -> None:
+        if self._resolving is not None:
+            self._resolving.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._resolving
         await asyncio.gather(*(c.aclose() for c in self.calls + list(self._retired)), return_exceptions=True)
         self.calls.clear()
         self._retired.clear()
+        await asyncio.gather(*(r.channel.close() for r in self.replicas.values()), return_exceptions=True)

@@ -1,7 +1,7 @@
 """gRPC stubs to the services behind the edge, one channel per process shared
-by every session; the sessions' stt streams go many to a call (sttmux). stt
-calls and tts streams are balanced (round robin over the
-resolved addresses); the orchestrator is stateless per call. A target may list
+by every session. tts streams are balanced per stream (round robin over the
+resolved addresses); the sessions' stt streams go many to a call, one call per
+stt replica, placed by the edge (sttmux); the orchestrator is stateless per call. A target may list
 several replicas (`ipv4:10.0.0.1:50054,10.0.0.2:50054`, or a headless Service
 name the dns resolver expands): round_robin skips one whose connection broke,
 so a stream reopened after a replica died lands on a live one."""
@@ -11,7 +11,7 @@ from __future__ import annotations
 import grpc
 
 from voxmesh.core.service import GRPC_OPTIONS
-from voxmesh.v1 import orchestrator_pb2_grpc, stt_pb2_grpc, tts_pb2_grpc
+from voxmesh.v1 import orchestrator_pb2_grpc, tts_pb2_grpc
 from voxmesh_edge.settings import EdgeSettings
 from voxmesh_edge.sttmux import SttMux
 
@@ -29,13 +29,12 @@ _BALANCED = GRPC_OPTIONS + [
 class Upstreams:
     def __init__(self, settings: EdgeSettings) -> None:
         self._channels = [
-            grpc.aio.insecure_channel(settings.stt_target, options=_BALANCED),
             grpc.aio.insecure_channel(settings.tts_target, options=_BALANCED),
             grpc.aio.insecure_channel(settings.orchestrator_target, options=_BALANCED),
         ]
-        self.stt = SttMux(stt_pb2_grpc.SttStub(self._channels[0]), settings.stt_streams_per_call, settings.stt_batch_ms)
-        self.tts = tts_pb2_grpc.TtsStub(self._channels[1])
-        self.orchestrator = orchestrator_pb2_grpc.OrchestratorStub(self._channels[2])
+        self.stt = SttMux(settings.stt_target, _BALANCED, batch_ms=settings.stt_batch_ms, resolve_s=settings.stt_resolve_s)
+        self.tts = tts_pb2_grpc.TtsStub(self._channels[0])
+        self.orchestrator = orchestrator_pb2_grpc.OrchestratorStub(self._channels[1])
 
     async def close(self) -> None:
         await self.stt.aclose()
