@@ -180,7 +180,7 @@ POOLS = Dashboard(
               [(f"voxmesh:pool_load_per_pod:avg{{{NS}}}", "{{pool}}")], width=12),
         Panel("Pods per pool", "How many pods each pool runs now (pods exporting the pool's load gauge): did the autoscaler add pods when load rose?",
               [(f"sum by (pool) (voxmesh:pool_pods:count{{{NS}}})", "{{pool}}")], width=12),
-        Panel("stt streams per pod", "Is any stt pod carrying more Transcribe streams than the others (HPA target: stt.autoscaling.activeStreamsPerPod)?",
+        Panel("stt streams per pod", "Is any stt pod carrying more streams (Transcribe calls and TranscribeMany streams) than the others (HPA target: stt.autoscaling.activeStreamsPerPod)?",
               [(f"sum by (pod) (voxmesh_stt_active_streams{{{NS}}})", "{{pod}}")], width=8),
         Panel("tts streams per pod", "Synthesize streams per tts pod (HPA target: tts.autoscaling.activeStreamsPerPod).",
               [(f"sum by (pod) (voxmesh_tts_active_streams{{{NS}}})", "{{pod}}")], width=8),

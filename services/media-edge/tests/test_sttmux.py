@@ -12,6 +12,7 @@ import asyncio
 import grpc
 import pytest
 
+from voxmesh.core.metrics import metric
 from voxmesh.testing.servers import free_port
 from voxmesh.v1 import stt_pb2, stt_pb2_grpc
 from voxmesh_edge.sttmux import SttMux, parse_target
@@ -102,7 +103,12 @@ async def until(cond, timeout: float = 5.0) -> None:
             await asyncio.sleep(0.005)
 
 
+def _counter(name: str) -> float:
+    return metric(name)._value.get()
+
+
 async def test_streams_share_a_call_and_a_message_carries_every_stream_s_audio(stt):
+    sent0, parts0 = _counter("voxmesh_edge_stt_messages_total"), _counter("voxmesh_edge_stt_parts_total")
     mux = SttMux(stt.target, batch_ms=30)
     streams = [mux.open(cfg()) for _ in range(3)]
     assert len(mux.calls) == 1
@@ -117,6 +123,7 @@ async def test_streams_share_a_call_and_a_message_carries_every_stream_s_audio(s
     assert [p.request.WhichOneof("msg") for p in first] == ["config", "audio"] * 3
     assert [len(p.request.audio) for p in first if p.request.audio] == [3200] * 3  # the chunks merged, in order
     assert [p.request.audio[:1] for p in first if p.request.audio] == [b"\0", b"\1", b"\2"]
+    assert (_counter("voxmesh_edge_stt_messages_total") - sent0, _counter("voxmesh_edge_stt_parts_total") - parts0) == (1, 3)
     for s in streams:
         s.done_writing()
     got = await asyncio.gather(*(texts(s) for s in streams))

@@ -41,6 +41,7 @@ from collections.abc import Awaitable, Callable
 
 import grpc
 
+from voxmesh.core.metrics import metric
 from voxmesh.v1 import stt_pb2, stt_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -200,6 +201,8 @@ class _MuxCall:
                     batch = self._batch()
                     if batch.parts:
                         self.messages += 1
+                        metric("voxmesh_edge_stt_messages_total").inc()
+                        metric("voxmesh_edge_stt_parts_total").inc(sum(1 for p in batch.parts if p.request.audio))
                         await self._call.write(batch)
                 if self.closing and not self._pending:
                     self._mux.forget(self)

@@ -290,12 +290,14 @@ class SttServicer(stt_pb2_grpc.SttServicer):
                 part = await out.get()
                 if part is _DONE:
                     return
+                if isinstance(part, BaseException):
+                    await context.abort(grpc.StatusCode.INTERNAL, f"stt call failed: {type(part).__name__}: {part}")
+                    return
                 parts = [part]
-                while not out.empty() and parts[-1] is not _DONE:
+                while not out.empty() and isinstance(parts[-1], stt_pb2.TranscribeEventPart):
                     parts.append(out.get_nowait())
-                if parts[-1] is _DONE:
-                    parts.pop()
-                    out.put_nowait(_DONE)
+                if not isinstance(parts[-1], stt_pb2.TranscribeEventPart):
+                    out.put_nowait(parts.pop())  # the end (or failure) after this batch
                 if parts:
                     yield stt_pb2.TranscribeEventBatch(parts=parts)
         finally:
@@ -307,6 +309,17 @@ class SttServicer(stt_pb2_grpc.SttServicer):
 
     async def _read_many(self, requests: AsyncIterator[stt_pb2.TranscribeBatch], members: dict[int, _Member],
                          out: asyncio.Queue) -> None:
+        try:
+            await self._read_parts(requests, members, out)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the call is lost; every stream on it with it
+            log.exception("TranscribeMany call failed")
+            metric("voxmesh_errors_total").labels("stream").inc()
+            out.put_nowait(exc)
+
+    async def _read_parts(self, requests: AsyncIterator[stt_pb2.TranscribeBatch], members: dict[int, _Member],
+                          out: asyncio.Queue) -> None:
         ended: set[int] = set()  # streams that ended here: their parts still in flight are dropped quietly
         async for batch in requests:
             for part in batch.parts:

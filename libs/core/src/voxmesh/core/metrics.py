@@ -42,9 +42,11 @@ CATALOG: dict[str, Spec] = {
     "voxmesh_edge_forwards_total": Spec(Counter, "Signaling requests forwarded to the session's owner edge, by outcome (ok, unreachable)", ("outcome",)),
     "voxmesh_inbound_frames_lost_total": Spec(Counter, "Caller audio packets the edge gave up on (lost: concealed after the reorder wait; late: arrived after that)", ("reason",)),
     "voxmesh_inbound_dtx_seconds_total": Spec(Counter, "Caller silence the edge handed to stt for Opus DTX gaps (no packets while the user was silent), by when: live (in real time, ahead of the next packet) or at_packet (when the next packet came)", ("fill",)),
+    "voxmesh_edge_stt_messages_total": Spec(Counter, "TranscribeMany messages the edge sent to stt (each carries its sessions' audio of one batch window)"),
+    "voxmesh_edge_stt_parts_total": Spec(Counter, "Sessions' audio parts those messages carried (parts / messages: the batching)"),
     "voxmesh_frame_lateness_seconds": Spec(Histogram, "How late a playout tick ran", (), (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.04, 0.08, 0.16)),
     # stt
-    "voxmesh_stt_active_streams": Spec(Gauge, "Transcribe streams open on this process"),
+    "voxmesh_stt_active_streams": Spec(Gauge, "stt streams open on this process (Transcribe calls and TranscribeMany streams)"),
     "voxmesh_stt_final_seconds": Spec(Histogram, "End of speech to final transcript"),
     "voxmesh_stt_interim_seconds": Spec(Histogram, "Speech onset to first interim transcript"),
     "voxmesh_stt_decode_seconds": Spec(Histogram, "Model time of one ASR decode", ("kind",)),
