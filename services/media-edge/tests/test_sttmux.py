@@ -8,6 +8,7 @@ tested with its models in services/stt/tests/test_service.py."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import grpc
 import pytest
@@ -25,6 +26,8 @@ class SttManyDouble(stt_pb2_grpc.SttServicer):
 
     def __init__(self) -> None:
         self.messages: list[list[stt_pb2.TranscribePart]] = []
+        self.configs: list[stt_pb2.TranscribeConfig] = []
+        self.audio = 0  # bytes of audio received on open streams
         self.calls = 0
 
     async def TranscribeMany(self, request_iterator, context):
@@ -37,9 +40,13 @@ class SttManyDouble(stt_pb2_grpc.SttServicer):
                 sid = part.stream_id
                 kind = part.request.WhichOneof("msg")
                 if kind == "config":
-                    if part.request.config.sample_rate != 16000:
+                    c = part.request.config
+                    self.configs.append(c)
+                    bad = "sample_rate must be 16000" if c.sample_rate != 16000 else \
+                        "turn.max_silence_ms is below min_silence_ms" if c.turn.max_silence_ms < c.turn.min_silence_ms else ""
+                    if bad:
                         out.append(stt_pb2.TranscribeEventPart(stream_id=sid, status=stt_pb2.StreamStatus(
-                            code=grpc.StatusCode.INVALID_ARGUMENT.value[0], details="sample_rate must be 16000")))
+                            code=grpc.StatusCode.INVALID_ARGUMENT.value[0], details=bad)))
                         continue
                     received[sid] = 0
                 elif kind == "audio":
@@ -48,6 +55,7 @@ class SttManyDouble(stt_pb2_grpc.SttServicer):
                     if sid not in received:
                         continue
                     received[sid] += len(part.request.audio)
+                    self.audio += len(part.request.audio)
                     out.append(stt_pb2.TranscribeEventPart(stream_id=sid, event=stt_pb2.TranscribeEvent(
                         interim=stt_pb2.Interim(text=f"{received[sid]} bytes"))))
                 if part.end and sid in received:
@@ -252,6 +260,45 @@ async def test_cancel_tells_stt_and_ends_the_stream_without_flush(stt):
     cancels = [p for m in stt.messages for p in m if p.cancel]
     assert [p.stream_id for p in cancels] == [a.id]
     await mux.aclose()
+
+
+async def test_a_session_whose_turn_settings_stt_refuses_is_heard_with_stt_s_defaults(stt, caplog):
+    """An agent config with turn settings stt refuses (INVALID_ARGUMENT) must
+    not leave the caller unheard or retry the same refusal for ever: the
+    session logs it once and streams on stt's defaults, audio included."""
+    import numpy as np
+
+    from voxmesh.v1 import orchestrator_pb2 as opb
+    from voxmesh_edge.session import EdgeSession
+    from voxmesh_edge.settings import EdgeSettings
+    from voxmesh_edge.upstreams import Upstreams
+
+    settings = EdgeSettings(stt_target=stt.target, tts_target="127.0.0.1:1", orchestrator_target="127.0.0.1:1")
+    up = Upstreams(settings)
+    session = EdgeSession("refused-turn", settings, up)
+    session.session_config = opb.SessionConfig(turn=stt_pb2.TurnSettings(min_silence_ms=900, max_silence_ms=300))
+    session._configured.set()
+    chunk = np.full(640, 1000, np.int16)
+    for _ in range(3):
+        session._inbound_audio(chunk)  # before the stream opens: queued
+    task = asyncio.ensure_future(session._stt_loop())
+    try:
+        await until(lambda: len(stt.configs) == 2 and stt.audio >= 3 * 1280)
+        for _ in range(2):
+            session._inbound_audio(chunk)  # once it is open: written straight on
+        await until(lambda: stt.audio >= 5 * 1280)
+        assert stt.configs[0].turn.max_silence_ms == 300
+        assert not stt.configs[1].HasField("turn")
+        await asyncio.sleep(0.3)
+        assert len(stt.configs) == 2  # no retry loop
+        assert [r.getMessage() for r in caplog.records if "refused" in r.getMessage()] == \
+            ["stt refused the agent's turn settings; using stt's defaults"]
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await session.pc.close()
+        await up.close()
 
 
 def test_settings_are_checked():

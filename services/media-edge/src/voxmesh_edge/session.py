@@ -131,6 +131,7 @@ class EdgeSession:
         # open (and while it reopens), then written to it directly.
         self.inbound: asyncio.Queue[bytes | None] = asyncio.Queue()
         self._stt_sink: SttStream | None = None
+        self._stt_defaults = False  # stt refused the agent's turn settings
         self.to_orchestrator: asyncio.Queue[opb.EdgeEvent] = asyncio.Queue()
         self.replies: dict[str, ReplyAudio] = {}
         self._channel = None
@@ -365,6 +366,14 @@ class EdgeSession:
             except grpc.aio.AioRpcError as exc:
                 if self.closed.is_set():
                     return
+                if exc.code() == grpc.StatusCode.INVALID_ARGUMENT and not self._stt_defaults and self._stt_turn() is not None:
+                    # stt refused the agent's turn settings: no retry can change
+                    # that, and the caller must still be heard. stt's defaults
+                    # from now on; the kept audio is replayed as after a break.
+                    log.error("stt refused the agent's turn settings; using stt's defaults", extra={"details": exc.details()})
+                    self._stt_defaults = True
+                    attempt = max(attempt, 1)
+                    continue
                 attempt += 1
                 self._lost("stt")
                 log.warning("stt stream broke; replaying the unfinished turn", extra={"code": exc.code().name, "attempt": attempt})
@@ -388,8 +397,9 @@ class EdgeSession:
             session_id=self.id, sample_rate=STT_RATE, language="en",
             stream_offset_ms=replay_start * 1000 // STT_RATE, interim_results=True,
         )
-        if self.session_config is not None:
-            config.turn.CopyFrom(self.session_config.turn)
+        turn = self._stt_turn()
+        if turn is not None:
+            config.turn.CopyFrom(turn)
         # A stream on one of the process's shared stt calls (sttmux): what is
         # queued goes first, then the caller's audio is written as it comes
         # (_inbound_audio), in the same step, so nothing is lost or reordered.
@@ -411,6 +421,12 @@ class EdgeSession:
         finally:
             self._stt_sink = None
             stream.cancel()
+
+    def _stt_turn(self):
+        """The agent's turn settings for stt, unless stt refused them."""
+        if self.session_config is None or self._stt_defaults or not self.session_config.HasField("turn"):
+            return None
+        return self.session_config.turn
 
     def _edge_utterance(self, stt_id: int, utt_map: dict[int, int]) -> int:
         """stt numbers turns per stream; the edge numbers them per session, so a
