@@ -169,28 +169,33 @@ class _MuxCall:
             self.closing = True  # no new stream joins; the writer closes the call
             self._wake.set()
 
-    def _batch(self) -> stt_pb2.TranscribeBatch:
-        parts, size = [], 0
+    def _batch(self) -> tuple[stt_pb2.TranscribeBatch, int]:
+        """The next message, and how many audio parts it carries. Parts are
+        added in place (a third of the cost of building each and copying it in)."""
+        batch = stt_pb2.TranscribeBatch()
+        add = batch.parts.add
+        size = audio_parts = 0
         for sid in list(self._pending):
             if size >= _MAX_BATCH_BYTES:
                 self._wake.set()  # the rest goes in the next message
                 break
             p = self._pending[sid]
             if p.config is not None:
-                parts.append(stt_pb2.TranscribePart(stream_id=sid, request=stt_pb2.TranscribeRequest(config=p.config)))
+                add(stream_id=sid).request.config.CopyFrom(p.config)
                 p.config = None
             if p.audio:
                 chunk = bytes(p.audio[:_MAX_PART_BYTES])
                 del p.audio[:_MAX_PART_BYTES]
                 size += len(chunk)
-                parts.append(stt_pb2.TranscribePart(stream_id=sid, request=stt_pb2.TranscribeRequest(audio=chunk)))
+                audio_parts += 1
+                add(stream_id=sid).request.audio = chunk
                 if p.audio:
                     self._wake.set()
                     continue  # its end waits until all its audio went
             if p.end or p.cancel:
-                parts.append(stt_pb2.TranscribePart(stream_id=sid, end=p.end, cancel=p.cancel))
+                add(stream_id=sid, end=p.end, cancel=p.cancel)
             del self._pending[sid]
-        return stt_pb2.TranscribeBatch(parts=parts)
+        return batch, audio_parts
 
     async def _write_loop(self) -> None:
         try:
@@ -198,11 +203,11 @@ class _MuxCall:
                 await self._wake.wait()
                 self._wake.clear()
                 if self._pending:
-                    batch = self._batch()
+                    batch, audio_parts = self._batch()
                     if batch.parts:
                         self.messages += 1
                         metric("voxmesh_edge_stt_messages_total").inc()
-                        metric("voxmesh_edge_stt_parts_total").inc(sum(1 for p in batch.parts if p.request.audio))
+                        metric("voxmesh_edge_stt_parts_total").inc(audio_parts)
                         await self._call.write(batch)
                 if self.closing and not self._pending:
                     self._mux.forget(self)
