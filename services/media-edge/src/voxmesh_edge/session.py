@@ -126,9 +126,9 @@ class EdgeSession:
         self.playout.on_silence = self.echo.silence
         if isinstance(self.track, PacedOpusTrack):
             self.echo.sync = self.track.catch_up
-        # Inbound audio, 16 kHz PCM, from the very first frame.
-        # The caller's 16 kHz audio for stt: queued until the stt stream is
-        # open (and while it reopens), then written to it directly.
+        # The caller's 16 kHz audio for stt, from the very first frame: queued
+        # until the stt stream is open (and while it reopens), then written to
+        # it directly.
         self.inbound: asyncio.Queue[bytes | None] = asyncio.Queue()
         self._stt_sink: SttStream | None = None
         self._stt_defaults = False  # stt refused the agent's turn settings
@@ -422,7 +422,7 @@ class EdgeSession:
             self._stt_sink = None
             stream.cancel()
 
-    def _stt_turn(self):
+    def _stt_turn(self) -> stt_pb2.TurnSettings | None:
         """The agent's turn settings for stt, unless stt refused them."""
         if self.session_config is None or self._stt_defaults or not self.session_config.HasField("turn"):
             return None

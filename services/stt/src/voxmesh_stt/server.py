@@ -320,7 +320,9 @@ class SttServicer(stt_pb2_grpc.SttServicer):
 
     async def _read_parts(self, requests: AsyncIterator[stt_pb2.TranscribeBatch], members: dict[int, _Member],
                           out: asyncio.Queue) -> None:
-        ended: set[int] = set()  # streams that ended here: their parts still in flight are dropped quietly
+        # Streams that ended here, the latest _ENDED_KEPT of them: their parts
+        # still in flight are dropped quietly (insertion-ordered: oldest first).
+        ended: dict[int, None] = {}
         async for batch in requests:
             for part in batch.parts:
                 sid = part.stream_id
@@ -328,7 +330,7 @@ class SttServicer(stt_pb2_grpc.SttServicer):
                 kind = part.request.WhichOneof("msg") if part.HasField("request") else None
                 if member is None:
                     if kind == "config":
-                        ended.discard(sid)
+                        ended.pop(sid, None)
                         member = _Member(self, sid, part.request.config, out, members, ended)
                         if member.task is None:
                             continue  # refused (bad config): its status is on the way
@@ -338,7 +340,7 @@ class SttServicer(stt_pb2_grpc.SttServicer):
                     else:
                         if not part.cancel:
                             _reject_part(out, sid, "the first part of a stream must carry config (TranscribeConfig)")
-                        ended.add(sid)
+                        _remember_ended(ended, sid)
                         continue
                 elif kind == "config":
                     member.fail(BadRequest("config may only be sent once, as a stream's first part"))
@@ -387,6 +389,13 @@ class SttServicer(stt_pb2_grpc.SttServicer):
 
 
 _END = object()
+_ENDED_KEPT = 4096
+
+
+def _remember_ended(ended: dict[int, None], sid: int) -> None:
+    ended[sid] = None
+    if len(ended) > _ENDED_KEPT:
+        del ended[next(iter(ended))]
 
 
 def _status_part(sid: int, code: grpc.StatusCode, details: str = "") -> stt_pb2.TranscribeEventPart:
@@ -408,7 +417,7 @@ class _Member:
     MAX_QUEUED = 250
 
     def __init__(self, servicer: SttServicer, sid: int, config: stt_pb2.TranscribeConfig, out: asyncio.Queue,
-                 members: dict[int, _Member], ended: set[int]) -> None:
+                 members: dict[int, _Member], ended: dict[int, None]) -> None:
         self.sid = sid
         self._out = out
         self._members = members
@@ -472,7 +481,7 @@ class _Member:
         """The stream is over: its id is free, later parts for it are dropped."""
         if self._members.get(self.sid) is self:
             del self._members[self.sid]
-        self._ended.add(self.sid)
+        _remember_ended(self._ended, self.sid)
         if self._active:
             self._active = False
             metric("voxmesh_stt_active_streams").dec()
