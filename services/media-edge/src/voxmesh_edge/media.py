@@ -554,16 +554,15 @@ class PacedOpusTrack(MediaStreamTrack):
         """k skipped ticks, as silence."""
         if k <= 0:
             return
-        frames = k
         self._skip_left -= k
-        self._tick += frames
-        self._n += frames
+        self._tick += k
+        self._n += k
         self._zeros += k
-        self._stats.frames(False, frames)
+        self._stats.frames(False, k)
         if self.playout.on_silence is not None:
-            self.playout.on_silence(frames)
+            self.playout.on_silence(k)
         elif self.playout.on_output is not None:
-            for _ in range(frames):
+            for _ in range(k):
                 self.playout.on_output(SILENCE)
 
     def stop(self) -> None:

@@ -294,7 +294,7 @@ class EdgeSession:
         self._inbound_ended()
 
     def _inbound_audio(self, pcm: np.ndarray) -> None:
-        """16 kHz mono from the caller: to stt's queue, and kept for a replay."""
+        """16 kHz mono from the caller: to stt (its stream, or the queue until it is open), and kept for a replay."""
         if self._onset_in_read and self.onset is not None:
             self._listen_for_bargein(pcm)
         data = pcm.tobytes()

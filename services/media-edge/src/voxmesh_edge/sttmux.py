@@ -31,7 +31,6 @@ replica: many sessions with a few large replicas, less with many small ones.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ipaddress
 import logging
 import random
@@ -41,6 +40,7 @@ from collections.abc import Awaitable, Callable
 
 import grpc
 
+from voxmesh.core.aio import cancel_all
 from voxmesh.core.metrics import metric
 from voxmesh.v1 import stt_pb2, stt_pb2_grpc
 
@@ -121,7 +121,6 @@ class _MuxCall:
         self._wake = asyncio.Event()
         self._timer: asyncio.TimerHandle | None = None
         self.closing = False
-        self.messages = 0  # sent, for tests and benchmarks
         self._call = replica.stub.TranscribeMany(wait_for_ready=wait_for_ready)
         self._writer = asyncio.ensure_future(self._write_loop())
         self._reader = asyncio.ensure_future(self._read_loop())
@@ -205,7 +204,6 @@ class _MuxCall:
                 if self._pending:
                     batch, audio_parts = self._batch()
                     if batch.parts:
-                        self.messages += 1
                         metric("voxmesh_edge_stt_messages_total").inc()
                         metric("voxmesh_edge_stt_parts_total").inc(audio_parts)
                         await self._call.write(batch)
@@ -265,10 +263,7 @@ class _MuxCall:
         if self._timer is not None:
             self._timer.cancel()
         self._call.cancel()
-        for task in (self._writer, self._reader):
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await cancel_all([self._writer, self._reader])
 
 
 class _Replica:
@@ -341,8 +336,7 @@ class SttMux:
         self._resolve_s = resolve_s
         self._resolver = resolver
         self.replicas: dict[str, _Replica] = {}
-        self.calls: list[_MuxCall] = []
-        self._retired: set[_MuxCall] = set()
+        self._retired: set[_MuxCall] = set()  # calls closing or broken, until they are done
         self._next_id = 0
         static, self._name = parse_target(target)
         self._target = target
@@ -358,11 +352,12 @@ class SttMux:
         replica, choices = self._pick()
         call = replica.call
         if call is None or call.closing:
+            if call is not None:
+                self.forget(call)
             # With one replica, its call waits for it (a restart, say) rather than
             # failing in a loop; with several, one that cannot be reached fails
             # the call at once and its streams move to another.
             call = replica.call = _MuxCall(self, replica, wait_for_ready=choices == 1)
-            self.calls.append(call)
         self._next_id = (self._next_id + 1) % (1 << 32)
         replica.streams += 1
         return call.open(self._next_id, config)
@@ -372,8 +367,9 @@ class SttMux:
         if not listed:
             # Not resolved yet (or resolving to nothing): the target as gRPC
             # resolves it, balanced per call, until the name resolves.
-            listed = [self.replicas.get(self._target) or self.replicas.setdefault(
-                self._target, _Replica(self._target, self._options))]
+            if self._target not in self.replicas:
+                self.replicas[self._target] = _Replica(self._target, self._options)
+            listed = [self.replicas[self._target]]
         now = time.monotonic()
         usable = [r for r in listed if r.down_until <= now] or listed
         least = min(r.streams for r in usable)
@@ -408,25 +404,28 @@ class SttMux:
         for address, r in list(self.replicas.items()):
             if address not in addresses:
                 r.listed = False
-                if r.streams == 0 and (r.call is None or r.call.closing):
+                if r.streams == 0 and r.call is None:
                     del self.replicas[address]
                     asyncio.ensure_future(r.channel.close(grace=5))
+
+    @property
+    def calls(self) -> list[_MuxCall]:
+        """The calls taking new streams: one per replica in use."""
+        return [r.call for r in self.replicas.values() if r.call is not None]
 
     def forget(self, call: _MuxCall) -> None:
         """The call takes no new streams (closing or broken); kept until closed."""
         if call.replica.call is call:
             call.replica.call = None
-        if call in self.calls:
-            self.calls.remove(call)
+        if call not in self._retired:
             self._retired.add(call)
             call._reader.add_done_callback(lambda _t: self._retired.discard(call))
 
     async def aclose(self) -> None:
         if self._resolving is not None:
-            self._resolving.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._resolving
+            await cancel_all([self._resolving])
         await asyncio.gather(*(c.aclose() for c in self.calls + list(self._retired)), return_exceptions=True)
-        self.calls.clear()
+        for r in self.replicas.values():
+            r.call = None
         self._retired.clear()
         await asyncio.gather(*(r.channel.close() for r in self.replicas.values()), return_exceptions=True)

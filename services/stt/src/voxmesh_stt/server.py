@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator
 import grpc
 import numpy as np
 
+from voxmesh.core.aio import cancel_all
 from voxmesh.core.logging import session_id_var
 from voxmesh.core.metrics import metric
 from voxmesh.v1 import stt_pb2, stt_pb2_grpc
@@ -301,10 +302,7 @@ class SttServicer(stt_pb2_grpc.SttServicer):
                 if parts:
                     yield stt_pb2.TranscribeEventBatch(parts=parts)
         finally:
-            if not reader.done():
-                reader.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await reader
+            await cancel_all([reader])
             await asyncio.gather(*(m.aclose() for m in list(members.values())), return_exceptions=True)
 
     async def _read_many(self, requests: AsyncIterator[stt_pb2.TranscribeBatch], members: dict[int, _Member],
@@ -488,10 +486,8 @@ class _Member:
 
     async def aclose(self) -> None:
         """Drop the stream (the caller cancelled it, or the call is over)."""
-        if self.task is not None and not self.task.done():
-            self.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self.task
+        if self.task is not None:
+            await cancel_all([self.task])
         self._finish()
         if self.stream is not None:
             await self.stream.aclose()
