@@ -89,9 +89,13 @@ def main() -> None:
                 wers.append(w)
                 line += f" history={cut[0]['content']!r} client_heard={heard_text!r} wer={w:.2f}"
             print(line, flush=True)
-        server = mean_delta(before, scrape(stack.metrics_urls), "voxmesh_bargein_stop_seconds")
+        after = scrape(stack.metrics_urls)
+        server = mean_delta(before, after, "voxmesh_bargein_stop_seconds")
         if server is not None:
             print(f"\nat the edge (speech onset -> agent audio stopped, voxmesh_bargein_stop_seconds): mean {server * 1000:.0f} ms")
+        llm_stop = mean_delta(before, after, "voxmesh_llm_cancel_seconds")
+        if llm_stop is not None:
+            print(f"at the llm (cancel -> engine stopped, voxmesh_llm_cancel_seconds): mean {llm_stop * 1000:.0f} ms (target <= 100 ms)")
         if stops:
             print(f"bargein_stop_ms over {len(stops)} runs: p50 {pct(stops, 50):.0f} ms, p95 {pct(stops, 95):.0f} ms (target p95 <= 120 ms)")
         print(f"runs where the orchestrator resumed the agent before interrupting it: {n_resumed} of {args.runs}")

@@ -100,7 +100,7 @@ def test_sigterm_hands_the_session_to_the_other_replica_between_turns(cluster):
         assert [m["role"] for m in history] == ["user", "assistant", "user", "assistant"]
         assert cluster.serving_orchestrator(sid) != name
         moved = [e for e in result["events"] if e["type"] == "recovered" and e["component"] == "orchestrator"]
-        assert moved and moved[0]["t"] - t_stop < 2.0, moved  # handed off at once, not at the grace deadline
+        assert moved and moved[0]["t"] - t_stop < 4.0, moved  # handed off at once, not at the 10 s grace deadline
         assert_no_duplicate_clauses(result)
     finally:
         cluster.restore(*(s[0] for s in stopped))

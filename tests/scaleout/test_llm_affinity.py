@@ -6,6 +6,7 @@ one (the next in its ring order) and stay there."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
@@ -19,6 +20,22 @@ from voxmesh.core.routing.ring import Ring
 from voxmesh.testing.servers import free_port, wait_for_grpc_health
 
 pytestmark = pytest.mark.models
+
+
+async def served_since(before: dict["Replica", float], want: dict["Replica", int]) -> dict["Replica", float]:
+    """Each replica's requests since `before`, once every one has reached `want`.
+
+    The client has its answer as soon as the last chunk arrives; the replica
+    counts the request a moment later, when its handler returns. So poll (up to
+    10 s) rather than read once, and return what was counted: a test can then
+    still see a count that went past what it wanted."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 10
+    while True:
+        got = {r: await loop.run_in_executor(None, r.served) - n for r, n in before.items()}
+        if all(got[r] >= want.get(r, 0) for r in got) or loop.time() > deadline:
+            return got
+        await asyncio.sleep(0.05)
 
 MESSAGES = [{"role": "system", "content": "You are a terse assistant."}, {"role": "user", "content": "Say hi."}]
 
@@ -80,20 +97,19 @@ async def test_a_sessions_calls_stay_on_one_replica_until_it_dies(replicas):
     by_target = {a.target: a, b.target: b}
     s_a, s_b = session_owned_by(targets, a.target), session_owned_by(targets, b.target)
     try:
-        before = {r.name: r.served() for r in replicas}
+        before = {r: r.served() for r in replicas}
         for _ in range(3):
             for sid in (s_a, s_b):
                 text = await client.complete(sid, MESSAGES, max_tokens=3)
                 assert isinstance(text, str)
-        after = {r.name: r.served() for r in replicas}
         # Each session went to its own ring owner, every time: 3 calls each.
-        assert after[a.name] - before[a.name] == 3 and after[b.name] - before[b.name] == 3
+        assert await served_since(before, {a: 3, b: 3}) == {a: 3, b: 3}
         # s_a's replica dies: its calls move to the next in its ring order (b) and stay there.
         a.kill()
-        before_b = b.served()
+        before_b = {b: b.served()}
         for _ in range(3):
             assert isinstance(await client.complete(s_a, MESSAGES, max_tokens=3), str)
-        assert b.served() - before_b == 3
+        assert await served_since(before_b, {b: 3}) == {b: 3}
         assert Ring(targets).owners(s_a) == [a.target, b.target]  # the fallback order that was used
         assert by_target[Ring(targets).owners(s_a)[1]] is b
     finally:

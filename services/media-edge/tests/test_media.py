@@ -121,6 +121,17 @@ async def offer_to_edge(track: PacedOpusTrack) -> tuple[RTCPeerConnection, RTCPe
     return caller, edge, transceiver
 
 
+async def answer_and_connect(caller: RTCPeerConnection, edge: RTCPeerConnection, timeout: float = 10.0) -> None:
+    """Finish the offer/answer and wait until ICE and DTLS are up on both sides,
+    so a test's fixed listening time starts when media can flow, not before a
+    connect that a loaded machine may make slow."""
+    await edge.setLocalDescription(await edge.createAnswer())
+    await caller.setRemoteDescription(edge.localDescription)
+    async with asyncio.timeout(timeout):
+        while not (caller.connectionState == edge.connectionState == "connected"):
+            await asyncio.sleep(0.01)
+
+
 async def test_a_call_on_the_fast_path_both_ways():
     playout = Playout(lambda *a: None, lambda t: None)
     track = PacedOpusTrack(playout)
@@ -142,8 +153,7 @@ async def test_a_call_on_the_fast_path_both_ways():
     tasks.append(asyncio.ensure_future(read(transceiver.receiver.track, inbound)))
     caller.on("track", lambda t: tasks.append(asyncio.ensure_future(read(t, outbound))))
     threads_before = {t.name for t in threading.enumerate()}
-    await edge.setLocalDescription(await edge.createAnswer())
-    await caller.setRemoteDescription(edge.localDescription)
+    await answer_and_connect(caller, edge)
     # The agent says half a second of a 300 Hz tone.
     t = np.arange(24000)
     playout.enqueue(Segment("a1", 0, (8000 * np.sin(2 * np.pi * 300 * t / 48000)).astype(np.int16), (0, 5), [], "hello", True))
@@ -588,7 +598,7 @@ async def test_40_ms_playout_packets_carry_queued_audio_ahead_and_silence_in_20_
     packets, sent_at = [], []
     for _ in range(10):
         packets.append(await track.recv())
-        sent_at.append(track._ticker.next_tick() - 1)  # the tick (of its lane) that was due when it left
+        sent_at.append(track._tick)  # the tick (of its lane) it was sent for: the grid, not a late wake-up
     # 100 ms: two packets of 40 ms, then 20 ms (nothing queued beyond it), then
     # the encoder's decay and cached silence, 20 ms each
     sizes = [dec.decode(bytes(p)).size for p in packets]
@@ -696,8 +706,7 @@ async def test_dtx_on_a_real_call_keeps_sequence_numbers_and_marks_talkspurts():
                 return
 
     caller.on("track", lambda t: tasks.append(asyncio.ensure_future(read(t))))
-    await edge.setLocalDescription(await edge.createAnswer())
-    await caller.setRemoteDescription(edge.localDescription)
+    await answer_and_connect(caller, edge)
     playout.enqueue(Segment("a1", 0, tone(300), (0, 5), [], "hello", True))
     await asyncio.sleep(1.5)
     playout.enqueue(Segment("a2", 0, tone(300, 500), (0, 5), [], "again", True))
@@ -839,7 +848,8 @@ async def test_an_idle_track_wakes_for_keepalives_only(ptime_ms):
 async def test_audio_queued_in_a_dtx_gap_goes_out_on_the_next_tick_with_its_rtp_timestamp():
     playout = Playout(lambda *a: None, lambda t: None)
     log = EchoLog(playout)
-    track = PacedOpusTrack(playout, dtx=True, dtx_interval_ms=400)  # keep-alive every 20 ticks
+    # keep-alive every 100 ticks: far past the audio below, even on a stalled loop
+    track = PacedOpusTrack(playout, dtx=True, dtx_interval_ms=2000)
     assert track.use_opus()
     log.guard.sync = track.catch_up
     playout.enqueue(Segment("a1", 0, tone(100), (0, 5), [], "hello", True))
@@ -847,14 +857,14 @@ async def test_audio_queued_in_a_dtx_gap_goes_out_on_the_next_tick_with_its_rtp_
         await track.recv()
     ticker, base = track._ticker, track._tick - 10
     sleeping = asyncio.ensure_future(track.recv())
-    await asyncio.sleep(0.13)  # ~6 ticks into the gap, well before the keep-alive (tick 30)
+    await asyncio.sleep(0.13)  # ~6 ticks into the gap, well before the keep-alive (tick 110)
     k1 = ticker.next_tick()
     playout.enqueue(Segment("a2", 0, tone(60, 500), (0, 5), [], "again", True))
     k2 = ticker.next_tick()
     p = await sleeping
     # The first tick not yet due when the audio came: its RTP timestamp counts
     # every tick of the gap, and it opens a talkspurt.
-    assert k1 - base <= p.pts // 960 <= k2 - base < 30
+    assert k1 - base <= p.pts // 960 <= k2 - base < 110
     assert p.pts // 960 > 13 and track.talkspurt_start and len(bytes(p)) > 20
     assert log.frames() == p.pts // 960 + 1
     slow = log.fed_every_tick()
@@ -990,8 +1000,7 @@ async def test_rtcp_reports_go_both_ways_at_the_audio_interval(monkeypatch):
             await handle(packet)
 
         side._handle_rtcp_packet = spy
-    await edge.setLocalDescription(await edge.createAnswer())
-    await caller.setRemoteDescription(edge.localDescription)
+    await answer_and_connect(caller, edge)
     playout.enqueue(Segment("a1", 0, tone(600), (0, 5), [], "hello", True))
     await asyncio.sleep(1.2)
     srs = [p for p in got if isinstance(p, RtcpSrPacket) and p.ssrc == transceiver.sender._ssrc]

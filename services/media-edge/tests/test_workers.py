@@ -111,10 +111,15 @@ async def test_two_workers_share_the_pod(pod):
         # A drain reaching one worker drains the pod.
         async with http.post(f"{base}/v1/admin/drain") as r:
             assert r.status == 200
-        await asyncio.sleep(0.5)
+        # The worker that got it tells its siblings in the background: poll, up to 10 s.
         for p in (port + 1, port + 2):
-            async with http.get(f"http://127.0.0.1:{p}/readyz") as r:
-                assert (await r.json())["draining"] is True
+            for _ in range(100):
+                async with http.get(f"http://127.0.0.1:{p}/readyz") as r:
+                    if (await r.json())["draining"] is True:
+                        break
+                await asyncio.sleep(0.1)
+            else:
+                raise AssertionError(f"worker on {p} is not draining")
     await pc.close()
     # SIGTERM to the supervisor stops both workers.
     proc.send_signal(signal.SIGTERM)

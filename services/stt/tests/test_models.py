@@ -72,10 +72,16 @@ async def test_scheduler_runs_by_priority_and_drops_cancelled_work():
     import threading
 
     sched = DecodeScheduler("test")
-    gate = threading.Event()
+    gate, running = threading.Event(), threading.Event()
     order: list[str] = []
+
+    def block(_) -> None:
+        running.set()
+        gate.wait(5)
+
     try:
-        blocker = sched.submit(2, lambda _: gate.wait(5))
+        blocker = sched.submit(2, block)
+        assert running.wait(5)  # the worker is busy before the rest is queued behind it
         low = sched.submit(2, lambda _: order.append("interim"))
         stale = sched.submit(1, lambda _: order.append("stale"))
         high = sched.submit(0, lambda _: order.append("final"))

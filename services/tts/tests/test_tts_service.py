@@ -267,8 +267,8 @@ async def test_cancel_stops_synthesis(tts_stub, piper_backend):
     got = [c async for c in tts_stub.Synthesize(short())]
     assert got[-1].clause_done
     # well under the several seconds the rest of the cancelled clauses would take
-    assert time.perf_counter() - t0 < 1.0, time.perf_counter() - t0
-    assert time.perf_counter() - t_cancel < 3.5
+    assert time.perf_counter() - t0 < 2.0, time.perf_counter() - t0
+    assert time.perf_counter() - t_cancel < 4.5
 
 
 def test_service_process_serves_and_drains(tmp_path):
