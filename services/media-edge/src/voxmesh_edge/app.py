@@ -235,7 +235,9 @@ class Edge:
         """Take no new sessions; let live ones finish within the grace period,
         moving each client as soon as its conversation is between turns (the
         client reconnects with its resume token to another edge, so the move
-        costs a reconnect and no words); at the deadline move the rest, and close."""
+        costs a reconnect and no words). Near the end (`drain_mid_reply_s`) a
+        client also moves while the agent speaks, once the user is not
+        mid-utterance; at the deadline the rest move, and the edge closes."""
         if self._drain_task is None:
             self._drain_task = asyncio.get_running_loop().create_task(self._drain())
         # A SIGTERM during a drain the preStop hook started waits for it,
@@ -248,7 +250,11 @@ class Edge:
             await self.router.draining_changed()
         log.info("draining", extra={"sessions": len(self.sessions), "grace_s": self.settings.drain_grace_s})
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.settings.drain_grace_s
+        grace = self.settings.drain_grace_s
+        deadline = loop.time() + grace
+        # From here on, the agent speaking no longer holds a client back (its
+        # reply resumes on the next edge); only the user's own speech does.
+        mid_reply_from = deadline - min(self.settings.drain_mid_reply_s, grace / 2)
         moved: set[str] = set()
 
         async def move(session: EdgeSession) -> None:
@@ -259,7 +265,9 @@ class Edge:
         moves: list[asyncio.Task] = []
         while self.sessions and loop.time() < deadline:
             for session in list(self.sessions.values()):
-                if session.id not in moved and session.idle():
+                if session.id in moved:
+                    continue
+                if session.idle() or (loop.time() >= mid_reply_from and not session.user_mid_turn()):
                     moved.add(session.id)
                     moves.append(loop.create_task(move(session)))
             await asyncio.sleep(0.1)

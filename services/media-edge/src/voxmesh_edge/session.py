@@ -236,6 +236,11 @@ class EdgeSession:
         coming (a drain moves the client now rather than mid-sentence)."""
         return self._turn_open is None and not self._unacked and self._awaiting_reply is None and not self._reply_active()
 
+    def user_mid_turn(self) -> bool:
+        """The user is speaking, or their last turn is not yet confirmed by the
+        orchestrator: moving the client now would lose words."""
+        return self._turn_open is not None or bool(self._unacked)
+
     async def close(self) -> None:
         if self.closed.is_set():
             return

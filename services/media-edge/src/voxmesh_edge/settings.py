@@ -33,6 +33,12 @@ class EdgeSettings:
     max_sdp_bytes: int = 64 * 1024
     max_sessions: int = 200
     drain_grace_s: float = 30.0
+    # A drain moves a client between turns when it can. For the last this-many
+    # seconds of the grace (at most half of it) it also moves one whose agent is
+    # still speaking, as soon as the user is not mid-utterance (the next edge
+    # replays the unheard rest of the reply). Only the grace's end moves a client
+    # mid-utterance, and that loses the words not yet transcribed.
+    drain_mid_reply_s: float = 5.0
     # Resume tokens (voxmesh_edge.resume): HMAC secret shared by every edge (a
     # Kubernetes Secret in the chart); empty = a random per-process secret, so
     # a token only works on the edge that issued it. Tokens live as long as a
