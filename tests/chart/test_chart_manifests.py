@@ -132,6 +132,8 @@ def test_edge_drain_wiring(helm, variant):
     c = container(docs, "media-edge")
     env = env_of(c)
     drain = float(env["VOXMESH_EDGE_DRAIN_GRACE_S"]["value"])
+    # the mid-reply window lies inside the grace: it moves clients earlier, never later
+    assert 0 <= float(env["VOXMESH_EDGE_DRAIN_MID_REPLY_S"]["value"]) <= drain
     script = "\n".join(c["lifecycle"]["preStop"]["exec"]["command"])
     port = env["VOXMESH_EDGE_PORT"]["value"]
     assert f'base = "http://127.0.0.1:{port}"' in script
