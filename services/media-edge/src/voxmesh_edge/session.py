@@ -234,7 +234,7 @@ class EdgeSession:
     def idle(self) -> bool:
         """Between turns: the user is not speaking and no reply is playing or
         coming (a drain moves the client now rather than mid-sentence)."""
-        return self._turn_open is None and not self._unacked and self._awaiting_reply is None and not self._reply_active()
+        return not self.user_mid_turn() and self._awaiting_reply is None and not self._reply_active()
 
     def user_mid_turn(self) -> bool:
         """The user is speaking, or their last turn is not yet confirmed by the
