@@ -17,6 +17,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from av import AudioFrame
 
 from voxmesh.core.webrtc import configure_ice_hosts
+from voxmesh.testing.wait import until
 from voxmesh_edge import opus
 from voxmesh_edge.media import DirectRtp, FastReceiver, FastSender, PacedOpusTrack, ReorderBuffer, Ticker, accelerate, dtx_packet
 from voxmesh_edge.playout import Playout, Segment
@@ -127,9 +128,7 @@ async def answer_and_connect(caller: RTCPeerConnection, edge: RTCPeerConnection,
     connect that a loaded machine may make slow."""
     await edge.setLocalDescription(await edge.createAnswer())
     await caller.setRemoteDescription(edge.localDescription)
-    async with asyncio.timeout(timeout):
-        while not (caller.connectionState == edge.connectionState == "connected"):
-            await asyncio.sleep(0.01)
+    await until(lambda: caller.connectionState == edge.connectionState == "connected", timeout)
 
 
 async def test_a_call_on_the_fast_path_both_ways():

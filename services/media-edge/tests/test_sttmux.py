@@ -15,6 +15,7 @@ import pytest
 
 from voxmesh.core.metrics import metric
 from voxmesh.testing.servers import free_port
+from voxmesh.testing.wait import until
 from voxmesh.v1 import stt_pb2, stt_pb2_grpc
 from voxmesh_edge.sttmux import SttMux, parse_target
 
@@ -103,12 +104,6 @@ def cfg(sample_rate: int = 16000) -> stt_pb2.TranscribeConfig:
 
 async def texts(stream) -> list[str]:
     return [ev.interim.text async for ev in stream]
-
-
-async def until(cond, timeout: float = 5.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not cond():
-            await asyncio.sleep(0.005)
 
 
 def _counter(name: str) -> float:

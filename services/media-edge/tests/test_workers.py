@@ -23,6 +23,7 @@ from aiortc.mediastreams import AudioStreamTrack
 
 from voxmesh.core.webrtc import configure_ice_hosts
 from voxmesh.testing.servers import free_port, redis_server, wait_for_port
+from voxmesh.testing.wait import until
 
 
 def free_block(n: int) -> int:
@@ -111,15 +112,13 @@ async def test_two_workers_share_the_pod(pod):
         # A drain reaching one worker drains the pod.
         async with http.post(f"{base}/v1/admin/drain") as r:
             assert r.status == 200
-        # The worker that got it tells its siblings in the background: poll, up to 10 s.
+        # The worker that got it tells its siblings in the background.
+        async def draining(p: int) -> bool:
+            async with http.get(f"http://127.0.0.1:{p}/readyz") as r:
+                return (await r.json())["draining"] is True
+
         for p in (port + 1, port + 2):
-            for _ in range(100):
-                async with http.get(f"http://127.0.0.1:{p}/readyz") as r:
-                    if (await r.json())["draining"] is True:
-                        break
-                await asyncio.sleep(0.1)
-            else:
-                raise AssertionError(f"worker on {p} is not draining")
+            await until(lambda: draining(p), timeout=10, every=0.1)
     await pc.close()
     # SIGTERM to the supervisor stops both workers.
     proc.send_signal(signal.SIGTERM)

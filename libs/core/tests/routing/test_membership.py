@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -18,18 +18,11 @@ from voxmesh.core.routing.membership import (
     MemberSet,
     StaticMembership,
 )
+from voxmesh.testing.wait import until
 
 from .k8s_api_double import FakeKubeApi, endpoint, endpoint_slice
 
 SVC = "media-edge"
-
-
-async def until(pred: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not pred():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.01)
 
 
 # -- static -------------------------------------------------------------------------
